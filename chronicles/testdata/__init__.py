@@ -1,0 +1,1 @@
+"""Deterministic, fast generation of realistic game data with planted integrity problems."""
