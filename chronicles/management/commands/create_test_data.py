@@ -1,5 +1,6 @@
 """manage.py create_test_data: realistic, deterministic game data at any scale."""
 
+import argparse
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -12,7 +13,7 @@ from chronicles.testdata.generator import Options, expected_progress_total, gene
 def _moment(value):
     parsed = parse_datetime(value)
     if parsed is None or parsed.tzinfo is None:
-        raise ValueError(f"expected an ISO date-time with a time zone, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected an ISO date-time with a time zone: {value!r}")
     return parsed
 
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make demo`: a fresh SQLite database, a small deterministic data set, and every
+# maintenance operation run inline (no broker, no server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+manage=(.venv/bin/python manage.py)
+
+mkdir -p var
+rm -f var/demo.sqlite3
+echo "== migrate (SQLite: ${DATABASE_URL}) =="
+"${manage[@]}" migrate --noinput -v0
+
+echo
+echo "== create_test_data --seed 7 =="
+"${manage[@]}" create_test_data --seed 7 --chronicles 6 --characters 300 --scenes 2000 \
+    --defect-rate 0.02
