@@ -1,11 +1,49 @@
-"""Celery tasks of the maintenance service. Tasks stay thin: rules live in operations/."""
+"""Celery tasks of the maintenance service: one per registered operation, named
+maintenance.<operation>. Tasks stay thin; the rules live in operations/."""
 
 import socket
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from maintenance import operations
+from maintenance.triggers import run_from_task
 
 
 @shared_task(name="maintenance.ping")
 def ping():
     """Answer from a worker: proves the broker round trip and names who answered."""
     return {"pong": True, "hostname": socket.gethostname()}
+
+
+def _headers(request):
+    # Custom message headers (periodic_task_name, maintenance_trigger) arrive as request
+    # attributes; they are absent when a task is called in-process.
+    return {
+        name: getattr(request, name, None)
+        for name in ("periodic_task_name", "maintenance_trigger", "maintenance_requested_by")
+    }
+
+
+def _operation_task(operation):
+    @shared_task(
+        name=f"maintenance.{operation.name}",
+        bind=True,
+        # A database that is down when the task starts: try again later, not fail.
+        autoretry_for=(OperationalError, InterfaceError),
+        retry_backoff=2,
+        retry_backoff_max=60,
+        max_retries=5,
+    )
+    def run_operation(self, **kwargs):
+        return run_from_task(
+            operation.name, kwargs, task_id=self.request.id, headers=_headers(self.request)
+        )
+
+    run_operation.__doc__ = operation.description
+    return run_operation
+
+
+OPERATION_TASKS = {
+    operation.name: _operation_task(operation) for operation in operations.all_operations()
+}

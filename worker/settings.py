@@ -144,3 +144,13 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 DJANGO_CELERY_BEAT_TZ_AWARE = True
+
+# --- Maintenance runs ---
+# A running run whose heartbeat is older than this is dead; the next trigger takes it over.
+MAINTENANCE_LEASE_SECONDS = env.int("MAINTENANCE_LEASE_SECONDS", default=60)
+# Transient database errors (connection lost, lock timeouts) are retried this many times
+# per batch, waiting MAINTENANCE_RETRY_BACKOFF seconds, doubling each time.
+MAINTENANCE_DB_RETRIES = env.int("MAINTENANCE_DB_RETRIES", default=5)
+MAINTENANCE_RETRY_BACKOFF = env.float("MAINTENANCE_RETRY_BACKOFF", default=0.5)
+# A failed run with the same parameters is resumed from its checkpoint within this window.
+MAINTENANCE_RESUME_WINDOW_HOURS = env.int("MAINTENANCE_RESUME_WINDOW_HOURS", default=24)

@@ -1,0 +1,131 @@
+"""Command-line plumbing for run_maintenance: flags generated from the operation
+declarations, one-line parser errors, and progress display."""
+
+import argparse
+import sys
+import time
+
+from django.core.management.base import CommandError, CommandParser
+from tqdm import tqdm
+
+from maintenance.models import MaintenanceRun
+from maintenance.operations.base import BATCH_SIZE, DRY_RUN
+
+
+class OneLineErrorParser(CommandParser):
+    """Bad usage is one line on stderr and exit code 2, never a usage dump."""
+
+    def error(self, message):
+        text = f"{self.prog}: error: {message}"
+        if self.called_from_command_line:
+            self.exit(2, text + "\n")
+        raise CommandError(text, returncode=2)
+
+
+def add_parameter_flag(parser, parameter):
+    """The flag for one declared parameter. Values stay text: Parameter.clean() is the
+    single place that converts and validates them."""
+    if parameter.kind == "bool":
+        parser.add_argument(
+            parameter.flag,
+            dest=parameter.name,
+            action="store_true",
+            default=None,
+            help=parameter.help,
+        )
+        return
+    metavar = "N" if parameter.kind == "int" else "A,B"
+    default = "" if parameter.default is None else f" (default: {parameter.default})"
+    parser.add_argument(
+        parameter.flag,
+        dest=parameter.name,
+        metavar=metavar,
+        default=None,
+        help=parameter.help if "default" in parameter.help else parameter.help + default,
+    )
+
+
+def add_run_options(parser):
+    add_parameter_flag(parser, DRY_RUN)
+    add_parameter_flag(parser, BATCH_SIZE)
+    parser.add_argument("--inline", action="store_true", help="Run in this process, no broker.")
+    parser.add_argument("--wait", action="store_true", help="Follow an enqueued run to its end.")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+    parser.add_argument(
+        "--fail-on-findings",
+        action="store_true",
+        help="Exit 1 when the run leaves unfixed findings.",
+    )
+    # Django's own options, accepted after the operation name too.
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        choices=[0, 1, 2, 3],
+        default=argparse.SUPPRESS,
+        help="2 shows per-batch detail.",
+    )
+    parser.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS)
+
+
+class Progress:
+    """A progress bar on a terminal; per-batch lines at verbosity 2."""
+
+    def __init__(self, stdout, verbosity, enabled):
+        self.stdout = stdout
+        self.verbosity = verbosity
+        self.show_bar = enabled and sys.stderr.isatty() and verbosity >= 1
+        self.bar = None
+
+    def batch(self, report):
+        if self.show_bar:
+            if self.bar is None:
+                self.bar = tqdm(total=report.total, unit=" rows", file=sys.stderr)
+            self.bar.update(report.processed)
+        if self.verbosity >= 2:
+            self.stdout.write(
+                f"  batch {report.number}: processed {report.processed}, changed "
+                f"{report.changed}, {report.findings} findings, {report.seconds * 1000:.0f} ms"
+            )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def follow(run, progress, stdout, poll=0.5, patience=10):
+    """Poll an enqueued run until it ends, reporting batches as they commit."""
+    seen_batches = 0
+    started_waiting = time.monotonic()
+    warned = False
+    while True:
+        run.refresh_from_db()
+        new_batches = run.batch_log.filter(number__gt=seen_batches).order_by("number")
+        for batch in new_batches:
+            seen_batches = batch.number
+            progress.batch(_as_report(run, batch))
+        if run.is_finished:
+            return run
+        waited = time.monotonic() - started_waiting
+        if run.status == MaintenanceRun.Status.QUEUED and waited > patience and not warned:
+            stdout.write(
+                f"run #{run.pk} is still queued after {patience}s: is a worker consuming "
+                "the 'maintenance' queue? (make worker)"
+            )
+            warned = True
+        time.sleep(poll)
+
+
+def _as_report(run, batch):
+    from maintenance.runner import BatchReport
+
+    return BatchReport(
+        run_id=run.pk,
+        number=batch.number,
+        processed=batch.processed,
+        changed=batch.changed,
+        findings=batch.findings,
+        seconds=batch.seconds,
+        position=batch.position,
+        total=run.total,
+    )

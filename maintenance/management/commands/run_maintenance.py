@@ -1,0 +1,131 @@
+"""manage.py run_maintenance [OPERATION [flags]]: list, enqueue or run inline."""
+
+import getpass
+import json
+import os
+import uuid
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+
+from maintenance import cli, operations
+from maintenance.enqueue import BrokerUnavailable, check_broker, enqueue
+from maintenance.models import MaintenanceRun
+from maintenance.operations.base import ParameterError
+from maintenance.reporting import outcome_line, run_summary, unfixed_findings
+from maintenance.runner import execute
+from maintenance.runs import create_run
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SKIPPED = 3
+
+
+def _os_user():
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "")
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a maintenance operation. Without one, list the operations. By default the run "
+        "is enqueued for a worker; --inline runs it here."
+    )
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = cli.OneLineErrorParser
+        return parser
+
+    def add_arguments(self, parser):
+        subparsers = parser.add_subparsers(
+            dest="operation", metavar="OPERATION", parser_class=cli.OneLineErrorParser
+        )
+        for operation in operations.all_operations():
+            sub = subparsers.add_parser(
+                operation.name, help=operation.description, description=operation.description
+            )
+            for parameter in operation.parameters:
+                cli.add_parameter_flag(sub, parameter)
+            cli.add_run_options(sub)
+
+    def handle(self, *args, **options):
+        if not options.get("operation"):
+            self._list()
+            return
+        try:
+            run = self._run(options)
+        except (BrokerUnavailable, DatabaseError) as error:
+            raise CommandError(str(error).strip().splitlines()[0], returncode=EXIT_FAILED) from None
+        self._finish(run, options)
+
+    def _list(self):
+        self.stdout.write(self.style.NOTICE("Operations (run_maintenance OPERATION --help):"))
+        for operation in operations.all_operations():
+            self.stdout.write(f"  {self.style.SUCCESS(operation.name)}  {operation.description}")
+            for parameter in operation.parameters:
+                self.stdout.write(f"      {parameter.flag:<22}{parameter.help}")
+
+    def _params(self, operation, options):
+        names = [p.name for p in operation.parameters] + ["dry_run", "batch_size"]
+        return {name: options[name] for name in names if options.get(name) is not None}
+
+    def _run(self, options):
+        operation = operations.get(options["operation"])
+        raw = self._params(operation, options)
+        origin = {"trigger": MaintenanceRun.Trigger.CLI, "requested_by": _os_user()}
+        inline = options["inline"]
+        try:
+            operation.clean(raw)  # validate before touching the broker
+            if not inline:
+                check_broker()
+            run = create_run(
+                operation.name, raw, celery_task_id="" if inline else str(uuid.uuid4()), **origin
+            )
+        except ParameterError as error:
+            raise CommandError(f"{operation.name}: {error}", returncode=EXIT_USAGE) from None
+
+        progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
+        try:
+            if inline:
+                return execute(run, on_batch=progress.batch)
+            enqueue(run)
+            if not options["wait"]:
+                return run
+            self.stdout.write(f"Enqueued run #{run.pk} (task {run.celery_task_id}); waiting.")
+            return cli.follow(run, progress, self.stdout)
+        finally:
+            progress.close()
+
+    def _finish(self, run, options):
+        if not run.is_finished:  # enqueued, not waited for
+            if options["json"]:
+                keys = {"run_id": run.pk, "task_id": run.celery_task_id}
+                keys |= {"operation": run.operation, "status": run.status}
+                self.stdout.write(json.dumps(keys))
+            else:
+                self.stdout.write(
+                    self.style.SUCCESS(f"Enqueued {run.operation} as run #{run.pk}")
+                    + f" (task {run.celery_task_id})."
+                )
+            return
+        if options["json"]:
+            self.stdout.write(json.dumps(run_summary(run)))
+        else:
+            style = {
+                MaintenanceRun.Status.SUCCEEDED: self.style.SUCCESS,
+                MaintenanceRun.Status.SKIPPED: self.style.WARNING,
+            }.get(run.status, self.style.ERROR)
+            self.stdout.write(style(outcome_line(run)))
+        if run.status == MaintenanceRun.Status.SKIPPED:
+            raise CommandError(f"skipped: {run.error}", returncode=EXIT_SKIPPED)
+        if run.status == MaintenanceRun.Status.FAILED:
+            raise CommandError(f"run #{run.pk} failed: {run.error}", returncode=EXIT_FAILED)
+        if options["fail_on_findings"]:
+            left = unfixed_findings(run)
+            if left:
+                raise CommandError(
+                    f"run #{run.pk} left {left} unfixed findings", returncode=EXIT_FAILED
+                )

@@ -1,0 +1,130 @@
+"""Run history: every maintenance run, each committed batch, and every finding."""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class MaintenanceRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    class Trigger(models.TextChoices):
+        CLI = "cli", "command line"
+        BEAT = "beat", "beat schedule"
+        ADMIN = "admin", "admin"
+        API = "api", "task sent directly"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED)
+
+    operation = models.CharField(max_length=64, db_index=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    periodic_task_name = models.CharField(max_length=200, blank=True)
+    requested_by = models.CharField(
+        max_length=150, blank=True, help_text="The admin user or OS user who started it."
+    )
+    params = models.JSONField(default=dict, blank=True)
+    dry_run = models.BooleanField(default=False)
+    batch_size = models.PositiveIntegerField(default=1000)
+    celery_task_id = models.CharField(max_length=255, blank=True, db_index=True)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Who holds the run now: a batch only commits while its runner still holds the lease.
+    lease_token = models.CharField(max_length=32, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    checkpoint = models.JSONField(null=True, blank=True)
+    total = models.PositiveBigIntegerField(null=True, blank=True)
+    processed = models.PositiveBigIntegerField(default=0)
+    changed = models.PositiveBigIntegerField(default=0)
+    findings = models.PositiveBigIntegerField(default=0)
+    batches = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    resumed_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_by"
+    )
+    skipped_because_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="skipped_runs"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("start_maintenancerun", "Can start maintenance runs")]
+        constraints = [
+            # The database itself allows one running run per operation.
+            models.UniqueConstraint(
+                fields=["operation"],
+                condition=Q(status="running"),
+                name="one_running_run_per_operation",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["operation", "status", "-created_at"], name="run_operation_status_idx"
+            )
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.operation} ({self.status})"
+
+    @property
+    def is_finished(self):
+        return self.status in self.FINISHED
+
+    @property
+    def duration_s(self):
+        if not self.started_at:
+            return None
+        end = self.finished_at or timezone.now()
+        return round((end - self.started_at).total_seconds(), 3)
+
+
+class RunBatch(models.Model):
+    """One committed batch: which rows it changed (or, in a dry run, would change)."""
+
+    run = models.ForeignKey(MaintenanceRun, on_delete=models.CASCADE, related_name="batch_log")
+    number = models.PositiveIntegerField()
+    position = models.JSONField(null=True, help_text="The checkpoint after this batch.")
+    processed = models.PositiveIntegerField()
+    changed = models.PositiveIntegerField()
+    findings = models.PositiveIntegerField()
+    changed_ids = models.JSONField(default=list)
+    seconds = models.FloatField()
+    committed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="one_batch_number_per_run")
+        ]
+
+    def __str__(self):
+        return f"batch {self.number} of run #{self.run_id}"
+
+
+class Finding(models.Model):
+    run = models.ForeignKey(MaintenanceRun, on_delete=models.CASCADE, related_name="finding_set")
+    rule = models.CharField(max_length=64, db_index=True)
+    model = models.CharField(max_length=100)
+    object_id = models.BigIntegerField()
+    message = models.TextField()
+    fixed = models.BooleanField(default=False)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "id"]
+        indexes = [models.Index(fields=["run", "rule"], name="finding_run_rule_idx")]
+
+    def __str__(self):
+        return f"{self.rule}: {self.model} {self.object_id}"

@@ -1,0 +1,141 @@
+"""How an operation is declared: its parameters, with types, defaults, help and
+validation, and its batch logic. One declaration drives the CLI flags, the task kwargs
+and the admin, so a parameter is validated in exactly one place: Parameter.clean()."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ParameterError(ValueError):
+    """Parameters that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    kind: str  # "int", "bool" or "list"
+    help: str
+    default: Any = None
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple = ()
+    exists: Any = None  # a callable(value) -> bool, for ids that must name a row
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+    def clean(self, value):
+        """The value to use, or ParameterError. Accepts JSON values (task kwargs, the
+        admin) and, for the CLI, their text form."""
+        if value is None:
+            return self.default
+        if self.kind == "bool":
+            return self._clean_bool(value)
+        if self.kind == "int":
+            return self._clean_int(value)
+        return self._clean_list(value)
+
+    def _clean_bool(self, value):
+        if isinstance(value, bool):
+            return value
+        raise ParameterError(f"{self.name} must be true or false, not {value!r}")
+
+    def _clean_int(self, value):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"{self.name} must be a whole number, not {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ParameterError(f"{self.name} must be at least {self.minimum}, not {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ParameterError(f"{self.name} must be at most {self.maximum}, not {value}")
+        if self.exists is not None and not self.exists(value):
+            raise ParameterError(f"{self.name} {value} does not exist")
+        return value
+
+    def _clean_list(self, value):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ParameterError(f"{self.name} must be a list of names, not {value!r}")
+        unknown = [v for v in value if self.choices and v not in self.choices]
+        if unknown:
+            known = ", ".join(self.choices)
+            raise ParameterError(f"{self.name}: unknown {', '.join(unknown)} (known: {known})")
+        return sorted(set(value)) or self.default
+
+
+# Options every run has, validated like any parameter.
+DRY_RUN = Parameter("dry_run", "bool", "Report what would change; write no game data.", False)
+BATCH_SIZE = Parameter(
+    "batch_size", "int", "Rows per batch transaction (1..10000).", 1000, minimum=1, maximum=10000
+)
+COMMON_PARAMETERS = (DRY_RUN, BATCH_SIZE)
+
+
+@dataclass
+class FindingRecord:
+    """One problem found in a batch; the runner stores it with the batch."""
+
+    rule: str
+    model: str
+    object_id: int
+    message: str
+    fixed: bool = False
+    before: dict | None = None
+    after: dict | None = None
+
+
+@dataclass
+class BatchResult:
+    processed: int  # rows the batch looked at
+    changed: int  # rows it changed (in a dry run: would change)
+    position: Any  # the keyset checkpoint after this batch (JSON)
+    done: bool
+    changed_ids: list = field(default_factory=list)
+    findings: list = field(default_factory=list)
+
+
+class Operation:
+    """Base class of the operations. Subclasses set name, description and parameters,
+    and implement the batch logic. They never import Celery."""
+
+    name = ""
+    description = ""
+    parameters: tuple = ()
+
+    def clean(self, raw):
+        """Validate raw parameters (task kwargs, CLI options, admin JSON).
+
+        Returns (operation params, dry_run, batch_size), or raises ParameterError
+        naming every problem at once."""
+        if not isinstance(raw, dict):
+            raise ParameterError(f"parameters must be a JSON object, not {raw!r}")
+        declared = {p.name: p for p in (*self.parameters, *COMMON_PARAMETERS)}
+        problems = [f"unknown parameter {name!r}" for name in raw if name not in declared]
+        cleaned = {}
+        for name, parameter in declared.items():
+            try:
+                cleaned[name] = parameter.clean(raw.get(name))
+            except ParameterError as error:
+                problems.append(str(error))
+        if problems:
+            raise ParameterError("; ".join(problems))
+        dry_run = cleaned.pop("dry_run")
+        batch_size = cleaned.pop("batch_size")
+        return cleaned, dry_run, batch_size
+
+    def prepare(self, params, now):
+        """Values fixed for the whole run (JSON), e.g. a cutoff; a resumed run reuses
+        them, so it finishes exactly the work its first attempt started."""
+        return {}
+
+    def count_remaining(self, params, context, position):
+        """How many rows are still to be looked at, for progress; None if unknown."""
+        return None
+
+    def run_batch(self, params, context, position, batch_size, dry_run):
+        """Process the next batch after `position` and return a BatchResult. Runs inside
+        the batch transaction; must write no game data when dry_run is true."""
+        raise NotImplementedError

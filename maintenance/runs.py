@@ -1,0 +1,54 @@
+"""Creating run records: validated parameters in, a queued MaintenanceRun out."""
+
+from maintenance import operations
+from maintenance.models import MaintenanceRun
+from maintenance.operations.base import ParameterError
+
+
+def create_run(
+    operation_name,
+    raw_params,
+    *,
+    trigger,
+    requested_by="",
+    periodic_task_name="",
+    celery_task_id="",
+):
+    """Validate and record a run. Raises UnknownOperation or ParameterError, having
+    written nothing."""
+    operation = operations.get(operation_name)
+    params, dry_run, batch_size = operation.clean(raw_params)
+    return MaintenanceRun.objects.create(
+        operation=operation.name,
+        trigger=trigger,
+        requested_by=requested_by,
+        periodic_task_name=periodic_task_name,
+        celery_task_id=celery_task_id,
+        params=params,
+        dry_run=dry_run,
+        batch_size=batch_size,
+    )
+
+
+def record_rejected(operation_name, raw_params, error, **origin):
+    """A trigger whose parameters are unusable becomes a failed run that says why."""
+    return MaintenanceRun.objects.create(
+        operation=operation_name,
+        status=MaintenanceRun.Status.FAILED,
+        params=_json_safe(raw_params),
+        error=f"invalid parameters: {error}",
+        **origin,
+    )
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+__all__ = ["create_run", "record_rejected", "ParameterError"]
