@@ -5,7 +5,7 @@ generator and imports can record when things really happened.
 """
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -146,6 +146,16 @@ class Post(models.Model):
 
     def __str__(self):
         return f"Post {self.pk} in scene {self.scene_id}"
+
+    def save(self, *args, **kwargs):
+        # A post is activity: move its scene's last_activity_at forward in the same
+        # transaction, so archiving (which re-checks it) never archives a live scene.
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            if self.scene_id is not None:
+                Scene.objects.filter(pk=self.scene_id).filter(
+                    Q(last_activity_at__isnull=True) | Q(last_activity_at__lt=self.created_at)
+                ).update(last_activity_at=self.created_at)
 
 
 class XPEntry(models.Model):

@@ -102,8 +102,12 @@ class _Runner:
         self.committed = self.run_record.batches
         while not checkpoint["done"]:
             number = self.committed + 1
-            checkpoint = with_retries(lambda n=number, c=checkpoint: self._commit_batch(n, c))
-            self.committed = number
+            checkpoint, report = with_retries(
+                lambda n=number, c=checkpoint: self._commit_batch(n, c)
+            )
+            if report is not None:
+                self.committed = number
+                self.on_batch(report)
         with_retries(self._succeed)
 
     def _starting_checkpoint(self):
@@ -210,20 +214,19 @@ class _Runner:
             )
             if not updated:
                 raise LeaseLost()
+        report = None
         if counted:
-            self.on_batch(
-                BatchReport(
-                    run_id=run.pk,
-                    number=number,
-                    processed=result.processed,
-                    changed=result.changed,
-                    findings=len(result.findings),
-                    seconds=seconds,
-                    position=result.position,
-                    total=run.total,
-                )
+            report = BatchReport(
+                run_id=run.pk,
+                number=number,
+                processed=result.processed,
+                changed=result.changed,
+                findings=len(result.findings),
+                seconds=seconds,
+                position=result.position,
+                total=run.total,
             )
-        return new_checkpoint
+        return new_checkpoint, report
 
     def _succeed(self):
         now = timezone.now()

@@ -17,10 +17,11 @@ def ping():
 
 
 def _headers(request):
-    # Custom message headers (periodic_task_name, maintenance_trigger) arrive as request
-    # attributes; they are absent when a task is called in-process.
+    # A worker puts custom message headers (periodic_task_name, maintenance_trigger) on
+    # the request itself; Task.apply() keeps them in request.headers.
+    given = getattr(request, "headers", None) or {}
     return {
-        name: getattr(request, name, None)
+        name: getattr(request, name, None) or given.get(name)
         for name in ("periodic_task_name", "maintenance_trigger", "maintenance_requested_by")
     }
 

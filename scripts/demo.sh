@@ -14,3 +14,19 @@ echo
 echo "== create_test_data --seed 7 =="
 "${manage[@]}" create_test_data --seed 7 --chronicles 6 --characters 300 --scenes 2000 \
     --defect-rate 0.02
+
+echo
+echo "== run_maintenance (the operations) =="
+"${manage[@]}" run_maintenance
+
+echo
+echo "== archive_old_scenes --inline --dry-run =="
+"${manage[@]}" run_maintenance archive_old_scenes --inline --dry-run
+
+echo
+echo "== archive_old_scenes --inline --batch-size 200 =="
+"${manage[@]}" run_maintenance archive_old_scenes --inline --batch-size 200
+
+echo
+echo "== archive_old_scenes --inline, again: nothing left to do =="
+"${manage[@]}" run_maintenance archive_old_scenes --inline --json

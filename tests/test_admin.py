@@ -41,3 +41,23 @@ def test_the_site_root_leads_to_the_admin(client):
     response = client.get("/")
     assert response.status_code == 302
     assert response["Location"] == "/admin/"
+
+
+def test_run_history_is_listed_and_read_only(admin_client, data):
+    from maintenance.models import MaintenanceRun
+    from maintenance.runner import execute
+    from maintenance.runs import create_run
+
+    run = execute(create_run("archive_old_scenes", {"batch_size": 5}, trigger="cli"))
+    listing = admin_client.get(reverse("admin:maintenance_maintenancerun_changelist"))
+    page = admin_client.get(reverse("admin:maintenance_maintenancerun_change", args=[run.pk]))
+    batches = admin_client.get(reverse("admin:maintenance_runbatch_changelist"))
+
+    assert listing.status_code == page.status_code == batches.status_code == 200
+    text = listing.content.decode()
+    assert "archive_old_scenes" in text and "succeeded" in text
+    assert f"{run.processed:,} / {run.total:,} (100%)" in text
+    assert admin_client.get(reverse("admin:maintenance_maintenancerun_add")).status_code == 403
+    delete_url = reverse("admin:maintenance_maintenancerun_delete", args=[run.pk])
+    assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403
+    assert MaintenanceRun.objects.filter(pk=run.pk).exists()

@@ -94,7 +94,8 @@ class Command(BaseCommand):
             enqueue(run)
             if not options["wait"]:
                 return run
-            self.stdout.write(f"Enqueued run #{run.pk} (task {run.celery_task_id}); waiting.")
+            if not options["json"]:
+                self.stdout.write(f"Enqueued run #{run.pk} (task {run.celery_task_id}); waiting.")
             return cli.follow(run, progress, self.stdout)
         finally:
             progress.close()
