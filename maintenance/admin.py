@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from maintenance.models import Finding, MaintenanceRun, RunBatch
+from maintenance.reporting import admin_findings_path
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -55,6 +56,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "processed",
         "changed",
         "findings",
+        "findings_link",
         "batches",
         "checkpoint",
         "resumed_from",
@@ -82,6 +84,16 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
             share = min(100, 100 * run.processed // run.total)
             return f"{run.processed:,} / {run.total:,} ({share}%)"
         return f"{run.processed:,}"
+
+    @admin.display(description="all findings")
+    def findings_link(self, run):
+        if not run.findings:
+            return "none"
+        return format_html(
+            '<a href="{}">{} findings of this run, filterable by rule and fixed</a>',
+            admin_findings_path(run),
+            run.findings,
+        )
 
     @admin.display(description="duration")
     def duration(self, run):

@@ -56,6 +56,13 @@ def add_run_options(parser):
         action="store_true",
         help="Exit 1 when the run leaves unfixed findings.",
     )
+    parser.add_argument(
+        "--no-input",
+        "--noinput",
+        action="store_false",
+        dest="interactive",
+        help="Do not ask before applying an inline --fix.",
+    )
     # Django's own options, accepted after the operation name too.
     parser.add_argument(
         "-v",

@@ -1,5 +1,6 @@
 """Run history: every maintenance run, each committed batch, and every finding."""
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -118,8 +119,8 @@ class Finding(models.Model):
     object_id = models.BigIntegerField()
     message = models.TextField()
     fixed = models.BooleanField(default=False)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
+    before = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    after = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

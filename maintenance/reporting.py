@@ -41,3 +41,27 @@ def outcome_line(run):
         return f"{label} failed{duration}: {run.error} ({counts})"
     resumed = f" (resumed from run #{run.resumed_from_id})" if run.resumed_from_id else ""
     return f"{label} {run.status}{duration}: {counts}{resumed}"
+
+
+def findings_by_rule(run, sample=5):
+    """[(rule, total, fixed, [sample findings])], the biggest rule first."""
+    from django.db.models import Count, Q
+
+    groups = (
+        run.finding_set.values("rule")
+        .annotate(total=Count("id"), fixed=Count("id", filter=Q(fixed=True)))
+        .order_by("-total", "rule")
+    )
+    return [
+        (
+            group["rule"],
+            group["total"],
+            group["fixed"],
+            list(run.finding_set.filter(rule=group["rule"]).order_by("object_id")[:sample]),
+        )
+        for group in groups
+    ]
+
+
+def admin_findings_path(run):
+    return f"/admin/maintenance/finding/?run__id__exact={run.pk}"

@@ -30,3 +30,19 @@ echo "== archive_old_scenes --inline --batch-size 200 =="
 echo
 echo "== archive_old_scenes --inline, again: nothing left to do =="
 "${manage[@]}" run_maintenance archive_old_scenes --inline --json
+
+echo
+echo "== validate_data_integrity --inline (the demo data has planted problems) =="
+"${manage[@]}" run_maintenance validate_data_integrity --inline
+
+echo
+echo "== validate_data_integrity --inline --fix --no-input =="
+"${manage[@]}" run_maintenance validate_data_integrity --inline --fix --no-input
+
+echo
+echo "== recalculate_xp --inline =="
+"${manage[@]}" run_maintenance recalculate_xp --inline
+
+echo
+echo "== validate_data_integrity --inline, again: only what cannot be fixed is left =="
+"${manage[@]}" run_maintenance validate_data_integrity --inline

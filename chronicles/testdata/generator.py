@@ -319,8 +319,9 @@ class Generator:
 
             if index in without_owner:
                 owner = None
-                if index % 3 == 0:  # no chronicle, so no storyteller to give it to
+                if index % 3 == 0:
                     chronicle = None
+                if chronicle is None:  # no chronicle, so no storyteller to give it to
                     unfixable[CHARACTER_WITHOUT_OWNER].append(character_id)
                 planted[CHARACTER_WITHOUT_OWNER].append(character_id)
             if index in bad_trait:

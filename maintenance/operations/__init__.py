@@ -2,7 +2,11 @@
 
 Importing this package registers every operation."""
 
-from maintenance.operations import archive_old_scenes  # noqa: F401
+from maintenance.operations import (  # noqa: F401
+    archive_old_scenes,
+    recalculate_xp,
+    validate_data_integrity,
+)
 from maintenance.operations.registry import all_operations, get
 
 __all__ = ["all_operations", "get"]

@@ -3,6 +3,7 @@
 import getpass
 import json
 import os
+import sys
 import uuid
 
 from django.core.management.base import BaseCommand, CommandError
@@ -12,7 +13,13 @@ from maintenance import cli, operations
 from maintenance.enqueue import BrokerUnavailable, check_broker, enqueue
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
-from maintenance.reporting import outcome_line, run_summary, unfixed_findings
+from maintenance.reporting import (
+    admin_findings_path,
+    findings_by_rule,
+    outcome_line,
+    run_summary,
+    unfixed_findings,
+)
 from maintenance.runner import execute
 from maintenance.runs import create_run
 
@@ -89,6 +96,8 @@ class Command(BaseCommand):
 
         progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
         try:
+            if inline and self._should_ask(run, options):
+                return self._preview_then_apply(run, raw, origin, progress, options)
             if inline:
                 return execute(run, on_batch=progress.batch)
             enqueue(run)
@@ -99,6 +108,53 @@ class Command(BaseCommand):
             return cli.follow(run, progress, self.stdout)
         finally:
             progress.close()
+
+    @staticmethod
+    def _should_ask(run, options):
+        """An inline --fix on a terminal asks first; --no-input or no terminal never."""
+        return (
+            run.params.get("fix")
+            and not run.dry_run
+            and options["interactive"]
+            and not options["json"]
+            and sys.stdin.isatty()
+        )
+
+    def _preview_then_apply(self, run, raw, origin, progress, options):
+        # The recorded run becomes the preview (a dry run); the fix is a run of its own.
+        MaintenanceRun.objects.filter(pk=run.pk).update(dry_run=True)
+        run.refresh_from_db()
+        preview = execute(run, on_batch=progress.batch)
+        progress.close()
+        if preview.status != MaintenanceRun.Status.SUCCEEDED or not preview.changed:
+            return preview
+        self._report(preview, options)
+        answer = input(f"Apply {preview.changed:,} fixes? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            self.stdout.write(self.style.NOTICE("Nothing changed."))
+            return preview
+        fix_run = create_run(run.operation, raw, **origin)
+        return execute(fix_run, on_batch=progress.batch)
+
+    def _report(self, run, options):
+        style = {
+            MaintenanceRun.Status.SUCCEEDED: self.style.SUCCESS,
+            MaintenanceRun.Status.SKIPPED: self.style.WARNING,
+        }.get(run.status, self.style.ERROR)
+        self.stdout.write(style(outcome_line(run)))
+        if not run.findings:
+            return
+        sample = 20 if options["verbosity"] >= 2 else 5
+        self.stdout.write(self.style.WARNING("Findings by rule:"))
+        for rule, total, fixed, examples in findings_by_rule(run, sample):
+            fixed_text = f" ({fixed:,} fixed)" if fixed else ""
+            self.stdout.write(f"  {rule:<32}{total:>8,}{fixed_text}")
+            for finding in examples:
+                label = finding.model.rsplit(".", 1)[-1].lower()
+                self.stdout.write(f"      {label} {finding.object_id}: {finding.message}")
+            if total > len(examples):
+                self.stdout.write(f"      ... and {total - len(examples):,} more")
+        self.stdout.write(self.style.NOTICE(f"All findings: {admin_findings_path(run)}"))
 
     def _finish(self, run, options):
         if not run.is_finished:  # enqueued, not waited for
@@ -115,11 +171,7 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(run_summary(run)))
         else:
-            style = {
-                MaintenanceRun.Status.SUCCEEDED: self.style.SUCCESS,
-                MaintenanceRun.Status.SKIPPED: self.style.WARNING,
-            }.get(run.status, self.style.ERROR)
-            self.stdout.write(style(outcome_line(run)))
+            self._report(run, options)
         if run.status == MaintenanceRun.Status.SKIPPED:
             raise CommandError(f"skipped: {run.error}", returncode=EXIT_SKIPPED)
         if run.status == MaintenanceRun.Status.FAILED:
