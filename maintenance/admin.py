@@ -3,7 +3,9 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from maintenance.models import Finding, MaintenanceRun, RunBatch
+from maintenance import schedule_admin  # noqa: F401  (registers the PeriodicTask admin)
+from maintenance.admin_actions import may_start, start_from_admin
+from maintenance.models import Finding, Heartbeat, MaintenanceRun, RunBatch
 from maintenance.reporting import admin_findings_path
 
 
@@ -64,6 +66,23 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "error",
     ]
     fields = readonly_fields
+    actions = ["rerun", "dry_run_again"]
+
+    def has_start_permission(self, request):
+        return may_start(request)
+
+    def _start_again(self, request, queryset, dry_run):
+        for run in queryset.order_by("id"):
+            params = {**run.params, "batch_size": run.batch_size, "dry_run": dry_run}
+            start_from_admin(self, request, run.operation, params)
+
+    @admin.action(description="Re-run selected runs", permissions=["start"])
+    def rerun(self, request, queryset):
+        self._start_again(request, queryset, dry_run=False)
+
+    @admin.action(description="Dry-run selected runs again", permissions=["start"])
+    def dry_run_again(self, request, queryset):
+        self._start_again(request, queryset, dry_run=True)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run):
@@ -125,3 +144,8 @@ class FindingAdmin(ReadOnlyAdmin):
     search_fields = ["=object_id", "message"]
     raw_id_fields = ["run"]
     readonly_fields = ["run", "rule", "model", "object_id", "message", "fixed", "before", "after"]
+
+
+@admin.register(Heartbeat)
+class HeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ["name", "seen_at", "hostname", "periodic_task_name"]

@@ -15,11 +15,13 @@ from maintenance.operations.base import BATCH_SIZE, DRY_RUN
 class OneLineErrorParser(CommandParser):
     """Bad usage is one line on stderr and exit code 2, never a usage dump."""
 
+    error_returncode = 2
+
     def error(self, message):
         text = f"{self.prog}: error: {message}"
         if self.called_from_command_line:
-            self.exit(2, text + "\n")
-        raise CommandError(text, returncode=2)
+            self.exit(self.error_returncode, text + "\n")
+        raise CommandError(text, returncode=self.error_returncode)
 
 
 def add_parameter_flag(parser, parameter):

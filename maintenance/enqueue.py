@@ -1,10 +1,14 @@
 """Sending a recorded run to the workers through the broker, failing fast when the
 broker cannot be reached."""
 
+import uuid
+
 from celery import current_app
 from kombu.utils.url import maybe_sanitize_url
 
+from maintenance import operations
 from maintenance.models import MaintenanceRun
+from maintenance.runs import create_run
 from maintenance.tasks import OPERATION_TASKS
 from maintenance.triggers import REQUESTED_BY_HEADER, TRIGGER_HEADER
 
@@ -45,3 +49,13 @@ def enqueue(run):
             status=MaintenanceRun.Status.FAILED, error=message
         )
         raise BrokerUnavailable(message) from None
+
+
+def start(operation_name, raw_params, **origin):
+    """Validate, check the broker, record and publish a run. Raises UnknownOperation or
+    ParameterError (nothing written) or BrokerUnavailable."""
+    operations.get(operation_name).clean(raw_params)
+    check_broker()
+    run = create_run(operation_name, raw_params, celery_task_id=str(uuid.uuid4()), **origin)
+    enqueue(run)
+    return run

@@ -129,3 +129,16 @@ class Finding(models.Model):
 
     def __str__(self):
         return f"{self.rule}: {self.model} {self.object_id}"
+
+
+class Heartbeat(models.Model):
+    """The last sign of life of the beat -> broker -> worker -> database path: beat sends
+    maintenance.heartbeat every minute and the worker that runs it stamps this row."""
+
+    name = models.CharField(max_length=50, unique=True)
+    seen_at = models.DateTimeField()
+    hostname = models.CharField(max_length=255, blank=True)
+    periodic_task_name = models.CharField(max_length=200, blank=True)
+
+    def __str__(self):
+        return f"{self.name} at {self.seen_at:%Y-%m-%d %H:%M:%S}"

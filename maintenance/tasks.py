@@ -6,7 +6,7 @@ import socket
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from maintenance import operations
+from maintenance import heartbeat, operations
 from maintenance.triggers import run_from_task
 
 
@@ -14,6 +14,16 @@ from maintenance.triggers import run_from_task
 def ping():
     """Answer from a worker: proves the broker round trip and names who answered."""
     return {"pong": True, "hostname": socket.gethostname()}
+
+
+@shared_task(name="maintenance.heartbeat", ignore_result=True)
+def heartbeat_task(**kwargs):
+    """Sent by beat every minute; the worker that runs it records that both are alive."""
+    request = heartbeat_task.request
+    heartbeat.record(
+        getattr(request, "hostname", None) or socket.gethostname(),
+        _headers(request)["periodic_task_name"] or "",
+    )
 
 
 def _headers(request):

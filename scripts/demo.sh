@@ -9,6 +9,7 @@ mkdir -p var
 rm -f var/demo.sqlite3
 echo "== migrate (SQLite: ${DATABASE_URL}) =="
 "${manage[@]}" migrate --noinput -v0
+"${manage[@]}" setup_schedules
 
 echo
 echo "== create_test_data --seed 7 =="
@@ -46,3 +47,7 @@ echo "== recalculate_xp --inline =="
 echo
 echo "== validate_data_integrity --inline, again: only what cannot be fixed is left =="
 "${manage[@]}" run_maintenance validate_data_integrity --inline
+
+echo
+echo "== monitor_validation (no beat runs in the demo, so the heartbeat is missing) =="
+"${manage[@]}" monitor_validation || echo "(exit code $?: Nagios WARNING=1, CRITICAL=2)"

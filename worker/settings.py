@@ -154,3 +154,7 @@ MAINTENANCE_DB_RETRIES = env.int("MAINTENANCE_DB_RETRIES", default=5)
 MAINTENANCE_RETRY_BACKOFF = env.float("MAINTENANCE_RETRY_BACKOFF", default=0.5)
 # A failed run with the same parameters is resumed from its checkpoint within this window.
 MAINTENANCE_RESUME_WINDOW_HOURS = env.int("MAINTENANCE_RESUME_WINDOW_HOURS", default=24)
+# Beat sends maintenance.heartbeat every minute; older than this, beat or the worker is down.
+MAINTENANCE_HEARTBEAT_STALE_SECONDS = env.int("MAINTENANCE_HEARTBEAT_STALE_SECONDS", default=300)
+# An operation is overdue when no run succeeded within its schedule's period plus this.
+MAINTENANCE_OVERDUE_GRACE_HOURS = env.float("MAINTENANCE_OVERDUE_GRACE_HOURS", default=2)

@@ -82,3 +82,45 @@ def test_beat_runs_the_operation_with_the_schedule_kwargs(
     assert run.params["older_than_days"] == 30
     scene.refresh_from_db()
     assert scene.archived_at is not None
+
+
+def test_beat_and_a_worker_keep_the_heartbeat_fresh(celery_worker_process, celery_beat_process):
+    from maintenance.heartbeat import NAME
+    from maintenance.models import Heartbeat
+    from maintenance.monitoring import heartbeat_check
+
+    every_second = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="heartbeat every second", task="maintenance.heartbeat", interval=every_second
+    )
+
+    celery_beat_process.start()
+    beat = wait_for(lambda: Heartbeat.objects.filter(name=NAME).first())
+    celery_beat_process.stop()
+
+    assert beat.periodic_task_name == "heartbeat every second"
+    check, _ = heartbeat_check(beat.seen_at)
+    assert check.status == "OK"
+
+
+def test_the_admin_starts_a_run_that_a_real_worker_executes(celery_worker_process, admin_client):
+    from django.urls import reverse
+
+    factories.scene(created_days_ago=40)
+    every_day = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.DAYS)
+    nightly = PeriodicTask.objects.create(
+        name="archive nightly",
+        task="maintenance.archive_old_scenes",
+        interval=every_day,
+        kwargs=json.dumps({"older_than_days": 30}),
+    )
+
+    admin_client.post(
+        reverse("admin:django_celery_beat_periodictask_changelist"),
+        {"action": "run_tasks", "_selected_action": [nightly.pk]},
+    )
+
+    run = wait_for(lambda: MaintenanceRun.objects.filter(status="succeeded").first())
+    assert (run.trigger, run.periodic_task_name) == ("admin", "archive nightly")
+    assert run.changed == 1
+    celery_worker_process.wait_for_log(f"[{run.celery_task_id}] succeeded")

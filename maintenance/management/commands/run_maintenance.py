@@ -4,13 +4,12 @@ import getpass
 import json
 import os
 import sys
-import uuid
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from maintenance import cli, operations
-from maintenance.enqueue import BrokerUnavailable, check_broker, enqueue
+from maintenance.enqueue import BrokerUnavailable, start
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
 from maintenance.reporting import (
@@ -85,11 +84,10 @@ class Command(BaseCommand):
         origin = {"trigger": MaintenanceRun.Trigger.CLI, "requested_by": _os_user()}
         inline = options["inline"]
         try:
-            operation.clean(raw)  # validate before touching the broker
-            if not inline:
-                check_broker()
-            run = create_run(
-                operation.name, raw, celery_task_id="" if inline else str(uuid.uuid4()), **origin
+            run = (
+                create_run(operation.name, raw, **origin)
+                if inline
+                else start(operation.name, raw, **origin)
             )
         except ParameterError as error:
             raise CommandError(f"{operation.name}: {error}", returncode=EXIT_USAGE) from None
@@ -100,7 +98,6 @@ class Command(BaseCommand):
                 return self._preview_then_apply(run, raw, origin, progress, options)
             if inline:
                 return execute(run, on_batch=progress.batch)
-            enqueue(run)
             if not options["wait"]:
                 return run
             if not options["json"]:

@@ -1,0 +1,94 @@
+"""manage.py monitor_validation [--json] [--period HOURS]: health for alerting.
+
+Exit codes follow the Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, and 3
+UNKNOWN when the health cannot be determined (bad usage, database unreachable)."""
+
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+
+from maintenance.monitoring import CRITICAL, OK, SEVERITY, WARNING, collect
+
+UNKNOWN = 3
+
+
+def _period(text):
+    import argparse
+
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if not 0 < hours <= 24 * 366:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {24 * 366} hours, not {text}")
+    return int(hours) if hours.is_integer() else hours
+
+
+class Command(BaseCommand):
+    help = "Report the health of the maintenance jobs for alerting (Nagios exit codes)."
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        from maintenance.cli import OneLineErrorParser
+
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = OneLineErrorParser
+        parser.error_returncode = UNKNOWN
+        return parser
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+        parser.add_argument(
+            "--period",
+            type=_period,
+            default=24,
+            metavar="HOURS",
+            help="Count runs, failures and changes over the last HOURS (default 24).",
+        )
+
+    def handle(self, *args, **options):
+        try:
+            report = collect(options["period"])
+        except DatabaseError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CommandError(
+                f"UNKNOWN: cannot read the database: {first_line}", returncode=UNKNOWN
+            ) from None
+        if options["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+        else:
+            self._print(report)
+        code = SEVERITY[report["health"]]
+        if code:
+            sys.exit(code)
+
+    def _print(self, report):
+        style = {OK: self.style.SUCCESS, WARNING: self.style.WARNING, CRITICAL: self.style.ERROR}
+        self.stdout.write(style[report["health"]](f"MAINTENANCE {report['health']}"))
+        self.stdout.write(f"at {report['timestamp']}, period {report['period_hours']}h")
+        for check in report["checks"]:
+            self.stdout.write(
+                f"  {style[check['status']](check['status']):<8} {check['name']}: {check['detail']}"
+            )
+        for name, info in report["operations"].items():
+            self.stdout.write(
+                f"  {name}: {info['runs_in_period']} runs, {info['failures_in_period']} failed "
+                "in the period"
+            )
+        c, ch, s, f = (report[k] for k in ("characters", "chronicles", "scenes", "findings"))
+        self.stdout.write(
+            f"Characters: {c['total']:,} ({c['created_in_period']:,} created, "
+            f"{c['modified_in_period']:,} modified in the period)"
+        )
+        self.stdout.write(
+            f"Chronicles: {ch['total']:,} ({ch['active']:,} active, {ch['archived']:,} archived)"
+        )
+        self.stdout.write(
+            f"Scenes: {s['total']:,} ({s['archived']:,} archived, "
+            f"{s['eligible_for_archiving']:,} eligible for archiving)"
+        )
+        if f["open"] is None:
+            self.stdout.write("Findings: no validation has completed yet")
+        else:
+            self.stdout.write(f"Findings: {f['open']:,} open after run #{f['run_id']}")
