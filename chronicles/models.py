@@ -4,6 +4,8 @@ Timestamps default to now instead of using auto_now_add, so that the test-data
 generator and imports can record when things really happened.
 """
 
+import uuid
+
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Q
@@ -40,6 +42,8 @@ class Character(models.Model):
         RETIRED = "Ret", "Retired"
         DECEASED = "Dec", "Deceased"
 
+    # Stable across databases: exports carry it, and re-importing a file matches on it.
+    external_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=200)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,

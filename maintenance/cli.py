@@ -36,7 +36,7 @@ def add_parameter_flag(parser, parameter):
             help=parameter.help,
         )
         return
-    metavar = "N" if parameter.kind == "int" else "A,B"
+    metavar = {"int": "N", "text": parameter.name.upper()}.get(parameter.kind, "A,B")
     default = "" if parameter.default is None else f" (default: {parameter.default})"
     parser.add_argument(
         parameter.flag,

@@ -49,5 +49,14 @@ echo "== validate_data_integrity --inline, again: only what cannot be fixed is l
 "${manage[@]}" run_maintenance validate_data_integrity --inline
 
 echo
+echo "== export_characters --output var/demo-characters.jsonl =="
+"${manage[@]}" export_characters --output var/demo-characters.jsonl
+head -c 300 var/demo-characters.jsonl; echo " ..."
+
+echo
+echo "== import_characters var/demo-characters.jsonl: already there, so nothing changes =="
+"${manage[@]}" import_characters var/demo-characters.jsonl
+
+echo
 echo "== monitor_validation (no beat runs in the demo, so the heartbeat is missing) =="
 "${manage[@]}" monitor_validation || echo "(exit code $?: Nagios WARNING=1, CRITICAL=2)"

@@ -158,3 +158,5 @@ MAINTENANCE_RESUME_WINDOW_HOURS = env.int("MAINTENANCE_RESUME_WINDOW_HOURS", def
 MAINTENANCE_HEARTBEAT_STALE_SECONDS = env.int("MAINTENANCE_HEARTBEAT_STALE_SECONDS", default=300)
 # An operation is overdue when no run succeeded within its schedule's period plus this.
 MAINTENANCE_OVERDUE_GRACE_HOURS = env.float("MAINTENANCE_OVERDUE_GRACE_HOURS", default=2)
+# import_characters refuses files larger than this (bytes).
+MAINTENANCE_IMPORT_MAX_BYTES = env.int("MAINTENANCE_IMPORT_MAX_BYTES", default=200 * 1024 * 1024)

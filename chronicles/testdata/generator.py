@@ -12,6 +12,7 @@ its own transaction, so a million scenes take minutes and constant memory.
 
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -133,6 +134,7 @@ class Generator:
             Character,
             [
                 "id",
+                "external_id",
                 "name",
                 "owner_id",
                 "chronicle_id",
@@ -347,6 +349,7 @@ class Generator:
             self.characters.add(
                 (
                     character_id,
+                    uuid.UUID(int=rng.getrandbits(128), version=4),
                     f"{rng.choice(words.FIRST_NAMES)} {rng.choice(words.LAST_NAMES)}",
                     owner,
                     chronicle.id if chronicle else None,

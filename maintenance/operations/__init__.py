@@ -4,6 +4,7 @@ Importing this package registers every operation."""
 
 from maintenance.operations import (  # noqa: F401
     archive_old_scenes,
+    import_characters,
     recalculate_xp,
     validate_data_integrity,
 )

@@ -13,13 +13,15 @@ class ParameterError(ValueError):
 @dataclass(frozen=True)
 class Parameter:
     name: str
-    kind: str  # "int", "bool" or "list"
+    kind: str  # "int", "bool", "text" or "list"
     help: str
     default: Any = None
     minimum: int | None = None
     maximum: int | None = None
     choices: tuple = ()
     exists: Any = None  # a callable(value) -> bool, for ids that must name a row
+    required: bool = False
+    check: Any = None  # a callable(value) raising ParameterError, for "text" values
 
     @property
     def flag(self):
@@ -29,12 +31,23 @@ class Parameter:
         """The value to use, or ParameterError. Accepts JSON values (task kwargs, the
         admin) and, for the CLI, their text form."""
         if value is None:
+            if self.required:
+                raise ParameterError(f"{self.name} is required")
             return self.default
         if self.kind == "bool":
             return self._clean_bool(value)
         if self.kind == "int":
             return self._clean_int(value)
+        if self.kind == "text":
+            return self._clean_text(value)
         return self._clean_list(value)
+
+    def _clean_text(self, value):
+        if not isinstance(value, str) or not value.strip():
+            raise ParameterError(f"{self.name} must be a non-empty string, not {value!r}")
+        if self.check is not None:
+            self.check(value)
+        return value
 
     def _clean_bool(self, value):
         if isinstance(value, bool):

@@ -1,0 +1,91 @@
+"""manage.py import_characters FILE [--dry-run] [--batch-size N] [--json] ..."""
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from maintenance import cli
+from maintenance.models import MaintenanceRun
+from maintenance.operations import get
+from maintenance.operations.base import ParameterError
+from maintenance.reporting import outcome_line, run_summary
+from maintenance.runner import execute
+from maintenance.runs import create_run
+
+OPERATION = "import_characters"
+
+
+def _os_user():
+    from maintenance.management.commands.run_maintenance import _os_user as user
+
+    return user()
+
+
+class Command(BaseCommand):
+    help = (
+        "Import characters and their XP ledgers from a JSON Lines file (format version 1). "
+        "Bad lines are reported with their number and reason and never stop the good ones; "
+        "importing the same file again changes nothing. Recorded as a maintenance run."
+    )
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = cli.OneLineErrorParser
+        return parser
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", help="The file to import.")
+        operation = get(OPERATION)
+        for parameter in operation.parameters:
+            if parameter.name != "path":
+                cli.add_parameter_flag(parser, parameter)
+        from maintenance.operations.base import BATCH_SIZE, DRY_RUN
+
+        cli.add_parameter_flag(parser, DRY_RUN)
+        cli.add_parameter_flag(parser, BATCH_SIZE)
+        parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+        parser.add_argument(
+            "--fail-on-findings", action="store_true", help="Exit 1 when any line was rejected."
+        )
+
+    def handle(self, *args, **options):
+        raw = {"path": options["file"]}
+        for name in ("create_owners", "create_chronicles", "dry_run", "batch_size"):
+            if options.get(name) is not None:
+                raw[name] = options[name]
+        try:
+            run = create_run(
+                OPERATION, raw, trigger=MaintenanceRun.Trigger.CLI, requested_by=_os_user()
+            )
+        except ParameterError as error:
+            raise CommandError(f"{OPERATION}: {error}", returncode=2) from None
+        progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
+        try:
+            run = execute(run, on_batch=progress.batch)
+        finally:
+            progress.close()
+        self._report(run, options)
+
+    def _report(self, run, options):
+        bad = list(run.finding_set.order_by("object_id").values_list("object_id", "message"))
+        if options["json"]:
+            summary = run_summary(run)
+            summary["bad_lines"] = [{"line": line, "reason": m} for line, m in bad]
+            self.stdout.write(json.dumps(summary))
+        else:
+            style = self.style.SUCCESS if run.status == "succeeded" else self.style.ERROR
+            self.stdout.write(style(outcome_line(run)))
+            verb = "would create" if run.dry_run else "created"
+            unchanged = run.processed - run.changed - len(bad)
+            self.stdout.write(
+                f"{verb} {run.changed:,} characters; {unchanged:,} already there unchanged; "
+                f"{len(bad):,} lines rejected"
+            )
+            for _, message in bad:
+                self.stdout.write(self.style.WARNING(f"  {message}"))
+        if run.status == MaintenanceRun.Status.FAILED:
+            raise CommandError(f"run #{run.pk} failed: {run.error}", returncode=1)
+        if run.status == MaintenanceRun.Status.SKIPPED:
+            raise CommandError(f"skipped: {run.error}", returncode=3)
+        if options["fail_on_findings"] and bad:
+            raise CommandError(f"{len(bad)} lines rejected", returncode=1)

@@ -1,0 +1,1 @@
+"""Moving characters and their XP ledgers in and out as JSON Lines."""
