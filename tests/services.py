@@ -107,6 +107,27 @@ class CeleryProcess:
             time.sleep(0.2)
         raise AssertionError(f"{text!r} not seen in {self.log_path.name}:\n{self.log()[-3000:]}")
 
+    def pool_pids(self):
+        """The worker's pool processes (its children), read from /proc."""
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The parent pid is the 2nd field after the parenthesised command name.
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid:
+                children.append(int(entry.name))
+        return children
+
+    def kill_pool(self):
+        """SIGKILL the pool processes: the task dies, the main worker lives on."""
+        for pid in self.pool_pids():
+            os.kill(pid, signal.SIGKILL)
+
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, sig)
