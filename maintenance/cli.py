@@ -18,7 +18,9 @@ class OneLineErrorParser(CommandParser):
     error_returncode = 2
 
     def error(self, message):
-        text = f"{self.prog}: error: {message}"
+        # Arguments are echoed in the message: keep control characters from breaking the line.
+        printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        text = f"{self.prog}: error: {printable}"
         if self.called_from_command_line:
             self.exit(self.error_returncode, text + "\n")
         raise CommandError(text, returncode=self.error_returncode)

@@ -1,5 +1,7 @@
 """Creating run records: validated parameters in, a queued MaintenanceRun out."""
 
+import math
+
 from maintenance import operations
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
@@ -42,11 +44,16 @@ def record_rejected(operation_name, raw_params, error, **origin):
 
 
 def _json_safe(value):
+    """Rejected input, made storable as it was given (PostgreSQL's JSON has no NUL)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no Infinity or NaN
+    if value is None or isinstance(value, bool | int | float):
         return value
     return repr(value)
 

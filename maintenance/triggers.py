@@ -29,6 +29,7 @@ def run_from_task(operation_name, kwargs, *, task_id, headers):
     the operation's parameters (beat). A redelivered message finds its run again by
     run_id or task id, and the runner resumes it from its checkpoint."""
     kwargs = dict(kwargs)
+    by_id = "run_id" in kwargs
     run_id = kwargs.pop("run_id", None)
     origin = {
         "trigger": trigger_from(headers),
@@ -36,7 +37,7 @@ def run_from_task(operation_name, kwargs, *, task_id, headers):
         "requested_by": str(headers.get(REQUESTED_BY_HEADER) or "")[:150],
         "celery_task_id": task_id or "",
     }
-    if run_id is not None:
+    if by_id:
         run = _recorded_run(operation_name, run_id)
         if run is None:
             run = record_rejected(operation_name, {"run_id": run_id}, "no such run", **origin)

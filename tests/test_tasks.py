@@ -104,3 +104,13 @@ def test_a_redelivered_message_finds_its_run_again():
 )
 def test_trigger_resolution(headers, trigger):
     assert trigger_from(headers) == trigger
+
+
+def test_rejected_kwargs_are_stored_as_given_even_when_json_cannot_hold_them():
+    result = archive_task.apply(
+        kwargs={"name\x00": "a\x00b", "older_than_days": float("inf")}
+    ).get()
+
+    run = MaintenanceRun.objects.get(pk=result["run_id"])
+    assert run.status == "failed"
+    assert run.params == {"name\\u0000": "a\\u0000b", "older_than_days": "inf"}
