@@ -172,7 +172,20 @@ def test_a_batch_costs_the_same_queries_whatever_its_size():
             archive.run_batch(PARAMS, context, None, batch_size, dry_run=False)
         counts.append(len(queries))
 
-    assert counts[0] == counts[1] == 3  # select ids, UPDATE with re-check, read back
+    assert counts[0] == counts[1] == 3  # select ids, UPDATE with the re-check, read back
+
+
+def test_a_batch_reports_what_it_archived_when_the_re_check_left_some_out():
+    for i in range(10):
+        factories.scene(name=f"old{i}")
+    revived = factories.scene(name="revived")
+    factories.bulk_post(revived)  # a recent post, though last_activity_at lags behind
+    context = archive.prepare(PARAMS, timezone.now())
+
+    result = archive.run_batch(PARAMS, context, None, 50, dry_run=False)
+
+    assert result.processed == 11 and result.changed == 10
+    assert revived.id not in result.changed_ids
 
 
 def test_a_whole_batch_with_bookkeeping_is_a_constant_number_of_queries():

@@ -106,8 +106,10 @@ kwargs_strategy = st.dictionaries(
 @given(operation=st.sampled_from(NAMES), kwargs=kwargs_strategy)
 def test_task_kwargs_typed_into_a_schedule(data, operation, kwargs):
     kwargs = json.loads(json.dumps(kwargs))  # exactly what a schedule's JSON can hold
-    if kwargs.get("dry_run", False) is False:
-        kwargs["dry_run"] = True  # a valid real run may change data; that is not the point
+    if kwargs.get("dry_run") is None or kwargs.get("dry_run") is False:
+        # null means the default (a real run); a valid real run may change data, and
+        # that is not the point here
+        kwargs["dry_run"] = True
 
     result = (
         OPERATION_TASKS[operation]

@@ -32,35 +32,55 @@ class ArchiveOldScenes(Operation):
         cutoff = now - timedelta(days=params["older_than_days"])
         return {"cutoff": cutoff.isoformat()}
 
-    def eligible(self, params, context):
-        """The scenes the rule archives. Used to select a batch and again inside the
-        UPDATE, so a scene that became active in between is left alone. A post newer
-        than the cutoff counts as activity even where last_activity_at lags behind."""
+    def candidates(self, params, context):
+        """Finished, unarchived scenes whose last activity is before the cutoff: cheap to
+        walk (the partial index plus one column), a superset of what the rule archives."""
         cutoff = datetime.fromisoformat(context["cutoff"])
-        recent_post = Post.objects.filter(scene=OuterRef("pk"), created_at__gte=cutoff)
         scenes = (
             Scene.objects.filter(finished=True, archived_at__isnull=True)
             .alias(activity=scene_activity_time())
             .filter(activity__lt=cutoff)
-            .exclude(Exists(recent_post))
         )
         if params["chronicle_id"] is not None:
             scenes = scenes.filter(chronicle_id=params["chronicle_id"])
         return scenes
 
+    def eligible(self, params, context):
+        """The scenes the rule archives: candidates with no post since the cutoff either
+        (a post counts as activity even where last_activity_at lags behind). Checked
+        inside the UPDATE, so a scene that became active since its batch was selected
+        stays; a probe per row of the batch, never a scan of all recent posts."""
+        cutoff = datetime.fromisoformat(context["cutoff"])
+        recent_post = Post.objects.filter(scene=OuterRef("pk"), created_at__gte=cutoff)
+        return self.candidates(params, context).exclude(Exists(recent_post))
+
     def count_remaining(self, params, context, position):
-        return self.eligible(params, context).filter(id__gt=position or 0).count()
+        # For progress only: the candidates, without probing every scene's posts.
+        return self.candidates(params, context).filter(id__gt=position or 0).count()
 
     def select_batch(self, params, context, position, batch_size):
-        scenes = self.eligible(params, context).filter(id__gt=position or 0).order_by("id")
+        scenes = self.candidates(params, context).filter(id__gt=position or 0).order_by("id")
         return list(scenes.values_list("id", flat=True)[:batch_size])
 
     def archive(self, params, context, ids):
-        """Archive those of `ids` that are still eligible; return the ids archived."""
+        """Archive those of `ids` the rule still applies to; return the ids archived."""
         stamp = timezone.now()
-        self.eligible(params, context).filter(id__in=ids).update(archived_at=stamp)
+        # The batch's id range holds exactly its candidates; a range scan is cheaper than
+        # looking up a thousand ids one by one.
+        batch = self.eligible(params, context).filter(id__gte=ids[0], id__lte=ids[-1])
+        batch.update(archived_at=stamp)
+        # Read back what was archived: the re-check may have left some out, and a scene
+        # that became a candidate since the selection may have come in.
         return list(
-            Scene.objects.filter(id__in=ids, archived_at=stamp)
+            Scene.objects.filter(id__gte=ids[0], id__lte=ids[-1], archived_at=stamp)
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
+
+    def would_archive(self, params, context, ids):
+        return list(
+            self.eligible(params, context)
+            .filter(id__in=ids)
             .order_by("id")
             .values_list("id", flat=True)
         )
@@ -69,7 +89,10 @@ class ArchiveOldScenes(Operation):
         ids = self.select_batch(params, context, position, batch_size)
         if not ids:
             return BatchResult(processed=0, changed=0, position=position, done=True)
-        changed_ids = ids if dry_run else self.archive(params, context, ids)
+        if dry_run:
+            changed_ids = self.would_archive(params, context, ids)
+        else:
+            changed_ids = self.archive(params, context, ids)
         return BatchResult(
             processed=len(ids),
             changed=len(changed_ids),

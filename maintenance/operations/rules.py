@@ -30,6 +30,9 @@ class Rule:
     model = None
     description = ""
     fields = ()  # the values a finding records before (and after) a fix
+    # A sparse rule is a plain filter the database can answer over the whole table; a
+    # dense one compares each row with something else, so it walks all rows in batches.
+    sparse = True
 
     @property
     def model_label(self):
@@ -161,6 +164,7 @@ class CharacterXpMismatch(CharacterRule):
     code = "character_xp_mismatch"
     description = "xp differs from the XP ledger sum"
     fields = ("xp",)
+    sparse = False
 
     def broken(self, rows):
         return rows.annotate(ledger=ledger_sum()).exclude(xp=F("ledger"))
@@ -229,6 +233,7 @@ class SceneActivityStale(Rule):
     model = Scene
     description = "last_activity_at differs from its newest post's created_at"
     fields = ("last_activity_at",)
+    sparse = False
 
     def broken(self, rows):
         return (

@@ -1,0 +1,1 @@
+"""`make bench`: the performance harness (PostgreSQL only; not part of the tests)."""
