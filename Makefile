@@ -13,7 +13,7 @@ setup: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(INSTALLED)
 
 # The demo runs on its own SQLite file, made anew each time, with no server at all.
@@ -45,6 +45,10 @@ beat: setup
 # Starts the local PostgreSQL and Redis where they are installed (Debian packages).
 services:
 	bash scripts/services.sh
+
+# PostgreSQL only; a few minutes at 100k scenes, about 15 at 1M. Results: benchmarks/results/.
+bench: setup services
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -57,7 +57,8 @@ def in_process(args, database_url, **env):
     done = subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url, **env},
+        # Production settings: with DEBUG on, Django keeps every query's SQL in memory.
+        env={**os.environ, "DATABASE_URL": database_url, "DJANGO_DEBUG": "false", **env},
         capture_output=True,
         text=True,
         check=False,
