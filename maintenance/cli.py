@@ -2,6 +2,8 @@
 declarations, one-line parser errors, and progress display."""
 
 import argparse
+import getpass
+import os
 import sys
 import time
 
@@ -10,12 +12,41 @@ from tqdm import tqdm
 
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import BATCH_SIZE, DRY_RUN
+from maintenance.reporting import unfixed_findings
+from maintenance.runner import BatchReport
+
+# The exit codes of DESIGN.md "Command line".
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SKIPPED = 3
+
+
+def os_user():
+    """Who typed the command, for the run's requested_by."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "")
+
+
+def raise_for_outcome(run, fail_on_findings=False):
+    """A finished run's exit code, as a one-line CommandError unless it is 0."""
+    if run.status == MaintenanceRun.Status.SKIPPED:
+        raise CommandError(f"skipped: {run.error}", returncode=EXIT_SKIPPED)
+    if run.status == MaintenanceRun.Status.FAILED:
+        raise CommandError(f"run #{run.pk} failed: {run.error}", returncode=EXIT_FAILED)
+    if fail_on_findings:
+        left = unfixed_findings(run)
+        if left:
+            raise CommandError(
+                f"run #{run.pk} left {left} unfixed findings", returncode=EXIT_FAILED
+            )
 
 
 class OneLineErrorParser(CommandParser):
     """Bad usage is one line on stderr and exit code 2, never a usage dump."""
 
-    error_returncode = 2
+    error_returncode = EXIT_USAGE
 
     def error(self, message):
         # Arguments are echoed in the message: keep control characters from breaking the line.
@@ -114,7 +145,7 @@ def follow(run, progress, stdout, poll=0.5, patience=10):
         new_batches = run.batch_log.filter(number__gt=seen_batches).order_by("number")
         for batch in new_batches:
             seen_batches = batch.number
-            progress.batch(_as_report(run, batch))
+            progress.batch(BatchReport.of(run, batch))
         if run.is_finished:
             return run
         waited = time.monotonic() - started_waiting
@@ -125,18 +156,3 @@ def follow(run, progress, stdout, poll=0.5, patience=10):
             )
             warned = True
         time.sleep(poll)
-
-
-def _as_report(run, batch):
-    from maintenance.runner import BatchReport
-
-    return BatchReport(
-        run_id=run.pk,
-        number=batch.number,
-        processed=batch.processed,
-        changed=batch.changed,
-        findings=batch.findings,
-        seconds=batch.seconds,
-        position=batch.position,
-        total=run.total,
-    )

@@ -41,6 +41,20 @@ class BatchReport:
     position: object
     total: int | None
 
+    @classmethod
+    def of(cls, run, batch):
+        """The report of a committed RunBatch of `run`."""
+        return cls(
+            run_id=run.pk,
+            number=batch.number,
+            processed=batch.processed,
+            changed=batch.changed,
+            findings=batch.findings,
+            seconds=batch.seconds,
+            position=batch.position,
+            total=run.total,
+        )
+
 
 def execute(run, on_batch=None):
     """Run `run` to its end (or skip it) and return it, refreshed."""
@@ -192,8 +206,9 @@ class _Runner:
                     ]
                 )
             seconds = time.perf_counter() - started
+            logged = None
             if counted:
-                RunBatch.objects.create(
+                logged = RunBatch.objects.create(
                     run_id=run.pk,
                     number=number,
                     position=result.position,
@@ -214,18 +229,7 @@ class _Runner:
             )
             if not updated:
                 raise LeaseLost()
-        report = None
-        if counted:
-            report = BatchReport(
-                run_id=run.pk,
-                number=number,
-                processed=result.processed,
-                changed=result.changed,
-                findings=len(result.findings),
-                seconds=seconds,
-                position=result.position,
-                total=run.total,
-            )
+        report = BatchReport.of(run, logged) if logged else None
         return new_checkpoint, report
 
     def _succeed(self):

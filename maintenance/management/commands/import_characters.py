@@ -7,18 +7,12 @@ from django.core.management.base import BaseCommand, CommandError
 from maintenance import cli
 from maintenance.models import MaintenanceRun
 from maintenance.operations import get
-from maintenance.operations.base import ParameterError
+from maintenance.operations.base import BATCH_SIZE, DRY_RUN, ParameterError
 from maintenance.reporting import outcome_line, run_summary
 from maintenance.runner import execute
 from maintenance.runs import create_run
 
 OPERATION = "import_characters"
-
-
-def _os_user():
-    from maintenance.management.commands.run_maintenance import _os_user as user
-
-    return user()
 
 
 class Command(BaseCommand):
@@ -39,8 +33,6 @@ class Command(BaseCommand):
         for parameter in operation.parameters:
             if parameter.name != "path":
                 cli.add_parameter_flag(parser, parameter)
-        from maintenance.operations.base import BATCH_SIZE, DRY_RUN
-
         cli.add_parameter_flag(parser, DRY_RUN)
         cli.add_parameter_flag(parser, BATCH_SIZE)
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
@@ -55,7 +47,7 @@ class Command(BaseCommand):
                 raw[name] = options[name]
         try:
             run = create_run(
-                OPERATION, raw, trigger=MaintenanceRun.Trigger.CLI, requested_by=_os_user()
+                OPERATION, raw, trigger=MaintenanceRun.Trigger.CLI, requested_by=cli.os_user()
             )
         except ParameterError as error:
             raise CommandError(f"{OPERATION}: {error}", returncode=2) from None
@@ -83,9 +75,4 @@ class Command(BaseCommand):
             )
             for _, message in bad:
                 self.stdout.write(self.style.WARNING(f"  {message}"))
-        if run.status == MaintenanceRun.Status.FAILED:
-            raise CommandError(f"run #{run.pk} failed: {run.error}", returncode=1)
-        if run.status == MaintenanceRun.Status.SKIPPED:
-            raise CommandError(f"skipped: {run.error}", returncode=3)
-        if options["fail_on_findings"] and bad:
-            raise CommandError(f"{len(bad)} lines rejected", returncode=1)
+        cli.raise_for_outcome(run, options["fail_on_findings"])

@@ -1,8 +1,6 @@
 """manage.py run_maintenance [OPERATION [flags]]: list, enqueue or run inline."""
 
-import getpass
 import json
-import os
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -17,21 +15,9 @@ from maintenance.reporting import (
     findings_by_rule,
     outcome_line,
     run_summary,
-    unfixed_findings,
 )
 from maintenance.runner import execute
 from maintenance.runs import create_run
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SKIPPED = 3
-
-
-def _os_user():
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "")
 
 
 class Command(BaseCommand):
@@ -64,7 +50,9 @@ class Command(BaseCommand):
         try:
             run = self._run(options)
         except (BrokerUnavailable, DatabaseError) as error:
-            raise CommandError(str(error).strip().splitlines()[0], returncode=EXIT_FAILED) from None
+            raise CommandError(
+                str(error).strip().splitlines()[0], returncode=cli.EXIT_FAILED
+            ) from None
         self._finish(run, options)
 
     def _list(self):
@@ -81,7 +69,7 @@ class Command(BaseCommand):
     def _run(self, options):
         operation = operations.get(options["operation"])
         raw = self._params(operation, options)
-        origin = {"trigger": MaintenanceRun.Trigger.CLI, "requested_by": _os_user()}
+        origin = {"trigger": MaintenanceRun.Trigger.CLI, "requested_by": cli.os_user()}
         inline = options["inline"]
         try:
             run = (
@@ -90,7 +78,7 @@ class Command(BaseCommand):
                 else start(operation.name, raw, **origin)
             )
         except ParameterError as error:
-            raise CommandError(f"{operation.name}: {error}", returncode=EXIT_USAGE) from None
+            raise CommandError(f"{operation.name}: {error}", returncode=cli.EXIT_USAGE) from None
 
         progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
         try:
@@ -169,13 +157,4 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(run_summary(run)))
         else:
             self._report(run, options)
-        if run.status == MaintenanceRun.Status.SKIPPED:
-            raise CommandError(f"skipped: {run.error}", returncode=EXIT_SKIPPED)
-        if run.status == MaintenanceRun.Status.FAILED:
-            raise CommandError(f"run #{run.pk} failed: {run.error}", returncode=EXIT_FAILED)
-        if options["fail_on_findings"]:
-            left = unfixed_findings(run)
-            if left:
-                raise CommandError(
-                    f"run #{run.pk} left {left} unfixed findings", returncode=EXIT_FAILED
-                )
+        cli.raise_for_outcome(run, options["fail_on_findings"])
