@@ -34,6 +34,7 @@ format: setup
 
 web: setup
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py setup_schedules
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 worker: setup
