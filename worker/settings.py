@@ -128,6 +128,8 @@ CELERY_TASK_DEFAULT_QUEUE = MAINTENANCE_QUEUE
 
 # A long job must not hoard messages, and a worker that dies mid-task must not lose it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Processes per worker; unset, Celery starts one per CPU.
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=None)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=3300)
