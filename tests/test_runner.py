@@ -78,14 +78,7 @@ def test_the_database_allows_one_running_run_per_operation():
 
 def test_a_dead_run_is_taken_over_and_resumed_from_its_checkpoint(old_scenes, settings):
     first = new_run(batch_size=5)
-    # Simulate a worker that died after two batches: still "running", heartbeat stale.
-    with pytest.raises(KeyboardInterrupt):
-        execute(first, on_batch=_interrupt_after(2))
-    MaintenanceRun.objects.filter(pk=first.pk).update(
-        status=Status.RUNNING,
-        lease_token="dead-worker",
-        heartbeat_at=timezone.now() - timedelta(seconds=settings.MAINTENANCE_LEASE_SECONDS + 1),
-    )
+    die_after(first, 2, settings)
 
     second = execute(new_run(batch_size=5))
 
@@ -96,6 +89,18 @@ def test_a_dead_run_is_taken_over_and_resumed_from_its_checkpoint(old_scenes, se
     assert second.resumed_from_id == first.pk
     assert (first.processed, second.processed) == (10, 10)
     assert archived_ids() == set(old_scenes)
+
+
+def die_after(run, batches, settings):
+    """Stop `run` after some batches as a killed worker would leave it: still running,
+    its heartbeat older than the lease."""
+    with pytest.raises(KeyboardInterrupt):
+        execute(run, on_batch=_interrupt_after(batches))
+    MaintenanceRun.objects.filter(pk=run.pk).update(
+        status=Status.RUNNING,
+        lease_token="dead-worker",
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.MAINTENANCE_LEASE_SECONDS + 1),
+    )
 
 
 def _interrupt_after(batches):
@@ -145,14 +150,8 @@ def test_a_failed_run_with_other_parameters_is_not_resumed(old_scenes):
 
 def test_a_redelivered_run_continues_where_it_stopped(old_scenes, settings):
     run = new_run(batch_size=4)
-    with pytest.raises(KeyboardInterrupt):
-        execute(run, on_batch=_interrupt_after(3))
-    # The worker died: the broker delivers the same run again once the lease is over.
-    MaintenanceRun.objects.filter(pk=run.pk).update(
-        status=Status.RUNNING,
-        lease_token="dead-worker",
-        heartbeat_at=timezone.now() - timedelta(seconds=settings.MAINTENANCE_LEASE_SECONDS + 1),
-    )
+    die_after(run, 3, settings)
+    # The broker delivers the same run again once the lease is over.
     run.refresh_from_db()
 
     again = execute(run)

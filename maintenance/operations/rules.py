@@ -189,18 +189,30 @@ class CharacterXpMismatch(CharacterRule):
         )
 
 
-class SceneWithoutChronicle(Rule):
+class MissingParent(Rule):
+    """A row whose link to its parent is empty. Nothing says where it belongs, so the
+    rule only reports it."""
+
+    parent = ""  # the foreign key's name
+
+    def broken(self, rows):
+        return rows.filter(**{f"{self.parent}__isnull": True})
+
+    def plan(self, row):
+        why = f"report only: nothing says which {self.parent} it belongs to"
+        return Plan(
+            f"{self.model._meta.verbose_name} has no {self.parent}; {why}",
+            {f"{self.parent}_id": None},
+            reason=why,
+        )
+
+
+class SceneWithoutChronicle(MissingParent):
     code = "scene_without_chronicle"
     model = Scene
     description = "scene has no chronicle"
+    parent = "chronicle"
     fields = ("chronicle_id",)
-
-    def broken(self, rows):
-        return rows.filter(chronicle__isnull=True)
-
-    def plan(self, row):
-        why = "report only: nothing says which chronicle it belongs to"
-        return Plan(f"scene has no chronicle; {why}", {"chronicle_id": None}, reason=why)
 
 
 class SceneArchivedUnfinished(Rule):
@@ -255,22 +267,16 @@ class SceneActivityStale(Rule):
         )
 
 
-class PostWithoutScene(Rule):
+class PostWithoutScene(MissingParent):
     code = "post_without_scene"
     model = Post
     description = "post has no scene"
+    parent = "scene"
     fields = ("scene_id",)
 
     def scope(self, chronicle_id):
         rows = Post.objects.all()
         return rows if chronicle_id is None else rows.filter(scene__chronicle_id=chronicle_id)
-
-    def broken(self, rows):
-        return rows.filter(scene__isnull=True)
-
-    def plan(self, row):
-        why = "report only: nothing says which scene it belongs to"
-        return Plan(f"post has no scene; {why}", {"scene_id": None}, reason=why)
 
 
 RULES = {
