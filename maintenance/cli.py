@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from maintenance.models import MaintenanceRun
@@ -55,6 +55,18 @@ class OneLineErrorParser(CommandParser):
         if self.called_from_command_line:
             self.exit(self.error_returncode, text + "\n")
         raise CommandError(text, returncode=self.error_returncode)
+
+
+class OneLineErrorsCommand(BaseCommand):
+    """A management command whose usage errors are one line with `usage_exit_code`."""
+
+    usage_exit_code = EXIT_USAGE
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = OneLineErrorParser
+        parser.error_returncode = self.usage_exit_code
+        return parser
 
 
 def add_parameter_flag(parser, parameter):

@@ -3,15 +3,16 @@
 import os
 import tempfile
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError
 
+from maintenance.cli import OneLineErrorsCommand
 from maintenance.operations.base import ParameterError
 from maintenance.operations.common import CHRONICLE_ID
 from maintenance.transfer.export import export_lines
 
 
-class Command(BaseCommand):
+class Command(OneLineErrorsCommand):
     help = (
         "Write characters with their owner, chronicle, traits and XP ledger as JSON Lines "
         "(format version 1; see the README), one character a line."

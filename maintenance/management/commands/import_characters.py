@@ -2,7 +2,7 @@
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from maintenance import cli
 from maintenance.models import MaintenanceRun
@@ -15,17 +15,12 @@ from maintenance.runs import create_run
 OPERATION = "import_characters"
 
 
-class Command(BaseCommand):
+class Command(cli.OneLineErrorsCommand):
     help = (
         "Import characters and their XP ledgers from a JSON Lines file (format version 1). "
         "Bad lines are reported with their number and reason and never stop the good ones; "
         "importing the same file again changes nothing. Recorded as a maintenance run."
     )
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.__class__ = cli.OneLineErrorParser
-        return parser
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="The file to import.")

@@ -3,20 +3,20 @@
 Exit codes follow the Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, and 3
 UNKNOWN when the health cannot be determined (bad usage, database unreachable)."""
 
+import argparse
 import json
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError
 
+from maintenance.cli import OneLineErrorsCommand
 from maintenance.monitoring import CRITICAL, OK, SEVERITY, WARNING, collect
 
 UNKNOWN = 3
 
 
 def _period(text):
-    import argparse
-
     try:
         hours = float(text)
     except ValueError:
@@ -26,16 +26,10 @@ def _period(text):
     return int(hours) if hours.is_integer() else hours
 
 
-class Command(BaseCommand):
+class Command(OneLineErrorsCommand):
     help = "Report the health of the maintenance jobs for alerting (Nagios exit codes)."
 
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        from maintenance.cli import OneLineErrorParser
-
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.__class__ = OneLineErrorParser
-        parser.error_returncode = UNKNOWN
-        return parser
+    usage_exit_code = UNKNOWN
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")

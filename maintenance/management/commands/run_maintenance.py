@@ -3,7 +3,7 @@
 import json
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError
 
 from maintenance import cli, operations
@@ -20,16 +20,11 @@ from maintenance.runner import execute
 from maintenance.runs import create_run
 
 
-class Command(BaseCommand):
+class Command(cli.OneLineErrorsCommand):
     help = (
         "Run a maintenance operation. Without one, list the operations. By default the run "
         "is enqueued for a worker; --inline runs it here."
     )
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        parser.__class__ = cli.OneLineErrorParser
-        return parser
 
     def add_arguments(self, parser):
         subparsers = parser.add_subparsers(
