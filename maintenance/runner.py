@@ -129,9 +129,9 @@ class _Runner:
         with the same parameters (resume); else a fresh start."""
         run = self.run_record
         run.refresh_from_db()
-        if run.checkpoint:
+        if run.checkpoint and self._can_resume(run.checkpoint):
             return run.checkpoint
-        source = self._resumable_run()
+        source = None if run.checkpoint else self._resumable_run()
         if source is not None:
             checkpoint = {**source.checkpoint}
         else:
@@ -167,12 +167,18 @@ class _Runner:
             return None
         if not previous.checkpoint or previous.checkpoint.get("done"):
             return None
+        if not self._can_resume(previous.checkpoint):
+            return None
         finished_since = MaintenanceRun.objects.filter(
             operation=run.operation,
             status=MaintenanceRun.Status.SUCCEEDED,
             created_at__gt=previous.created_at,
         ).exists()
         return None if finished_since else previous
+
+    def _can_resume(self, checkpoint: dict) -> bool:
+        """The operation's say on reusing `checkpoint` (e.g. the file is still the same)."""
+        return self.operation.can_resume(self.run_record.params, checkpoint.get("context", {}))
 
     def _commit_batch(self, number, checkpoint):
         run = self.run_record

@@ -144,6 +144,11 @@ class Operation:
         them, so it finishes exactly the work its first attempt started."""
         return {}
 
+    def can_resume(self, params: dict, context: dict) -> bool:
+        """Whether a checkpoint made with `context` still fits the input (e.g. the same
+        file); when False, the runner starts afresh instead of resuming."""
+        return True
+
     def count_remaining(self, params, context, position):
         """How many rows are still to be looked at, for progress; None if unknown."""
         return None
