@@ -2,8 +2,14 @@
 validation, and its batch logic. One declaration drives the CLI flags, the task kwargs
 and the admin, so a parameter is validated in exactly one place: Parameter.clean()."""
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# A whole number as people type it: ASCII digits only ("²" and "٣" pass str.isdigit()
+# but int() refuses them).
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_BIGINT = 2**63 - 1
 
 
 class ParameterError(ValueError):
@@ -26,6 +32,11 @@ class Parameter:
     @property
     def flag(self):
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def is_path(self) -> bool:
+        """A file path: the command line makes it absolute where the command runs."""
+        return self.kind == "text" and (self.name == "path" or self.name.endswith("_path"))
 
     def clean(self, value):
         """The value to use, or ParameterError. Accepts JSON values (task kwargs, the
@@ -55,10 +66,17 @@ class Parameter:
         raise ParameterError(f"{self.name} must be true or false, not {value!r}")
 
     def _clean_int(self, value):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
+        if isinstance(value, str):
+            if not _WHOLE_NUMBER.fullmatch(value.strip()):
+                raise ParameterError(f"{self.name} must be a whole number, not {value!r}")
+            digits = value.strip().lstrip("+-")
+            if len(digits.lstrip("0")) > 19:  # int() refuses 4,300 digits; no column holds 20
+                raise ParameterError(f"{self.name} is out of range: {digits[:25]}...")
+            value = int(value.strip())
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParameterError(f"{self.name} must be a whole number, not {value!r}")
+        if abs(value) > _BIGINT:  # no database column holds it
+            raise ParameterError(f"{self.name} is out of range: {value}")
         if self.minimum is not None and value < self.minimum:
             raise ParameterError(f"{self.name} must be at least {self.minimum}, not {value}")
         if self.maximum is not None and value > self.maximum:
@@ -72,6 +90,10 @@ class Parameter:
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ParameterError(f"{self.name} must be a list of names, not {value!r}")
+        if not value:
+            # An explicitly empty list must not silently mean "all" (think --fix).
+            known = f" (known: {', '.join(self.choices)})" if self.choices else ""
+            raise ParameterError(f"{self.name} must name at least one{known}")
         unknown = [v for v in value if self.choices and v not in self.choices]
         if unknown:
             known = ", ".join(self.choices)
