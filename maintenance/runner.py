@@ -7,7 +7,10 @@ backoff; anything else fails the run with a readable error, leaving the data as 
 last committed batch, from where the next trigger resumes.
 """
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +20,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from maintenance import claims, operations
+from maintenance import claims, oneline, operations
 from maintenance.models import Finding, MaintenanceRun, RunBatch
 
 logger = logging.getLogger(__name__)
@@ -67,7 +70,11 @@ def execute(run, on_batch=None):
     except LeaseLost:
         logger.warning("run #%s was taken over by another runner; stopping", run.pk)
     except KeyboardInterrupt:
-        runner.fail("interrupted")
+        with _sigint_held():  # a second Ctrl-C must not leave the run `running`
+            runner.fail(
+                f"interrupted (data is as of batch {runner.committed}; "
+                "the next trigger with the same parameters resumes from there)"
+            )
         raise
     except Exception as error:  # the run records it; the caller reads run.error
         logger.exception("run #%s failed", run.pk)
@@ -79,10 +86,21 @@ def execute(run, on_batch=None):
     return run
 
 
+@contextlib.contextmanager
+def _sigint_held():
+    """Ignore Ctrl-C while the run's end is recorded (main thread only: signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _readable(error):
-    text = str(error).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return oneline.describe(error)
 
 
 def with_retries(action):
