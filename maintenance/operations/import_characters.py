@@ -6,11 +6,15 @@ the flags allow creating them) in the batch's transaction. A bad line becomes a 
 with its line number and reason and never stops the good ones. A line whose external_id
 is already in the database with the same data changes nothing, so importing a file
 again changes nothing; with different data it is refused, never overwritten.
+
+The run records the file's identity (absolute path, size, modification time, SHA-256)
+when it starts, and resumes only onto that same file. Repeated external_ids are found
+with a disk-backed index (maintenance.transfer.index), so memory and the checkpoint
+stay small however many lines the file has.
 """
 
-import json
-
 from django.contrib.auth import get_user_model
+from django.db import DataError, IntegrityError, transaction
 
 from chronicles.models import Character, Chronicle, XPEntry
 from maintenance.operations.base import (
@@ -21,11 +25,22 @@ from maintenance.operations.base import (
     ParameterError,
 )
 from maintenance.operations.registry import register
+from maintenance.transfer import index
 from maintenance.transfer.export import ROW_FIELDS, records
-from maintenance.transfer.format import FileError, LineError, parse_line
-from maintenance.transfer.reader import TooLong, check_file, read_lines
+from maintenance.transfer.format import FileError, LineError, escaped, load_record, validate
+from maintenance.transfer.reader import (
+    TooLong,
+    check_file,
+    file_identity,
+    read_lines,
+    stat_identity,
+)
+from maintenance.transfer.schema import CHARACTER, LEDGER
 
 RULE = "import_bad_line"
+# What a database may still refuse a line with; the line becomes a finding. (ValueError
+# covers a driver that cannot encode a value, e.g. psycopg and a lone surrogate.)
+WRITE_ERRORS = (DataError, IntegrityError, ValueError)
 
 
 def _check_path(path):
@@ -35,23 +50,13 @@ def _check_path(path):
         raise ParameterError(str(error)) from None
 
 
-def _duplicates(path, offset):
-    """{line number: first line} for repeated external_ids, found in one pass."""
-    first_seen, repeats = {}, {}
-    number = 1
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        for raw in handle:
-            number += 1
-            try:
-                external_id = str(json.loads(raw).get("external_id"))
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                continue
-            if external_id in first_seen:
-                repeats[str(number)] = first_seen[external_id]
-            else:
-                first_seen[external_id] = number
-    return repeats
+def _same_file(path, recorded: dict, content: bool) -> bool:
+    """Whether `path` is still the recorded file (with `content`, hash it too)."""
+    try:
+        now = file_identity(path) if content else stat_identity(path)
+    except OSError:
+        return False
+    return all(recorded.get(key) == value for key, value in now.items())
 
 
 @register
@@ -82,30 +87,45 @@ class ImportCharacters(Operation):
 
     def prepare(self, params, now):
         start = check_file(params["path"])
-        return {"start": start, "duplicates": _duplicates(params["path"], start)}
+        identity = file_identity(params["path"])
+        index.ensure(params["path"], start, identity)
+        return {"start": start, "file": identity}
+
+    def can_resume(self, params: dict, context: dict) -> bool:
+        """Only onto the very file the checkpoint was made from."""
+        recorded = context.get("file")
+        return isinstance(recorded, dict) and _same_file(params["path"], recorded, content=True)
 
     def run_batch(self, params, context, position, batch_size, dry_run):
+        if not _same_file(params["path"], context["file"], content=False):
+            raise FileError(
+                f"{params['path']} changed since this import started; "
+                "the next run imports it afresh"
+            )
         offset, first_line = position or (context["start"], 2)
-        lines, next_offset, next_line = read_lines(params["path"], offset, first_line, batch_size)
-        batch = _Batch(params, context["duplicates"])
-        for number, raw in lines:
-            batch.read(number, raw)
+        lines, next_offset, next_line, at_end = read_lines(
+            params["path"], offset, first_line, batch_size
+        )
+        batch = _Batch(params, index.ensure(params["path"], context["start"], context["file"]))
+        batch.read(lines)
         batch.resolve()
         created_ids = [] if dry_run else batch.write()
+        if at_end:
+            index.discard(context["file"], context["start"])
         return BatchResult(
             processed=len(lines),
             changed=len(batch.to_create),
             position=[next_offset, next_line],
-            done=len(lines) < batch_size,
+            done=at_end,
             changed_ids=created_ids,
             findings=batch.findings,
         )
 
 
 class _Batch:
-    def __init__(self, params, duplicates):
+    def __init__(self, params, id_index):
         self.params = params
-        self.duplicates = duplicates
+        self.id_index = id_index
         self.parsed = []
         self.findings = []
         self.to_create = []
@@ -122,15 +142,27 @@ class _Batch:
             )
         )
 
-    def read(self, number, raw):
-        if isinstance(raw, TooLong):
-            self.reject(number, f"line is {raw.size:,} bytes, over the limit; skipped")
-        elif str(number) in self.duplicates:
-            first = self.duplicates[str(number)]
-            self.reject(number, f"duplicate external_id: line {first} has the same one")
-        else:
+    def read(self, lines):
+        """Parse and validate the lines; a repeated external_id loses to its first line."""
+        loaded = []
+        for number, raw in lines:
+            if isinstance(raw, TooLong):
+                self.reject(number, f"line is {raw.size:,} bytes, over the limit; skipped")
+                continue
             try:
-                self.parsed.append(parse_line(raw, number))
+                record = load_record(raw)
+            except LineError as error:
+                self.reject(number, str(error))
+                continue
+            loaded.append((number, record, index.id_key(record.get("external_id"))))
+        firsts = index.first_lines(self.id_index, [key for *_, key in loaded if key])
+        for number, record, key in loaded:
+            first = firsts.get(key, number)
+            if first != number:
+                self.reject(number, f"duplicate external_id: line {first} has the same one")
+                continue
+            try:
+                self.parsed.append(validate(record, number))
             except LineError as error:
                 self.reject(number, str(error))
 
@@ -186,55 +218,69 @@ class _Batch:
         return dict(manager.filter(**{f"{field}__in": names}).values_list(field, "id"))
 
     def write(self):
-        """Create the new characters with their ledgers; returns their ids."""
+        """Create the new characters with their ledgers; returns their ids. Should the
+        database still refuse the batch, each line is tried alone in a savepoint and a
+        refused one becomes a finding."""
         if not self.to_create:
             return []
-        self._create_missing_owners()
-        self._create_missing_chronicles()
-        characters = Character.objects.bulk_create(
-            [
-                Character(
-                    external_id=line.external_id,
-                    name=line.name,
-                    owner_id=self.owners.get(line.owner),
-                    chronicle_id=self.chronicles.get(line.chronicle),
-                    status=line.status,
-                    npc=line.npc,
-                    xp=line.xp,
-                    willpower=line.willpower,
-                    temporary_willpower=line.temporary_willpower,
-                    age=line.age,
-                    created_at=line.created_at,
-                )
-                for line in self.to_create
-            ]
-        )
+        try:
+            return self._write_saved(self.to_create)
+        except WRITE_ERRORS:
+            pass
+        created = []
+        for line in list(self.to_create):
+            try:
+                created += self._write_saved([line])
+            except WRITE_ERRORS as error:
+                self.to_create.remove(line)
+                reason = escaped(str(error).strip().split("\n")[0], 200)
+                self.reject(line.line, f"the database refused it ({reason}); nothing written")
+        return created
+
+    def _write_saved(self, lines):
+        """_write in a savepoint; on failure the owner and chronicle maps are as before."""
+        owners, chronicles = dict(self.owners), dict(self.chronicles)
+        try:
+            with transaction.atomic():
+                return self._write(lines)
+        except WRITE_ERRORS:
+            self.owners, self.chronicles = owners, chronicles
+            raise
+
+    def _write(self, lines):
+        self._create_missing_owners(lines)
+        self._create_missing_chronicles(lines)
+        characters = Character.objects.bulk_create([self._character(line) for line in lines])
         XPEntry.objects.bulk_create(
             [
-                XPEntry(
-                    character_id=character.pk,
-                    amount=amount,
-                    kind=kind,
-                    created_at=created_at,
-                    note=note,
-                )
-                for character, line in zip(characters, self.to_create, strict=True)
-                for amount, kind, created_at, note in line.ledger
+                XPEntry(character_id=character.pk, **_columns(LEDGER, entry))
+                for character, line in zip(characters, lines, strict=True)
+                for entry in line.ledger
             ]
         )
         return [character.pk for character in characters]
 
-    def _create_missing_owners(self):
-        missing = sorted({line.owner for line in self.to_create} - set(self.owners) - {None})
+    def _character(self, line):
+        return Character(
+            owner_id=self.owners.get(line.owner),
+            chronicle_id=self.chronicles.get(line.chronicle),
+            **_columns(CHARACTER, line.values),
+        )
+
+    def _create_missing_owners(self, lines):
+        missing = sorted({line.owner for line in lines} - set(self.owners) - {None})
         users = get_user_model()
         created = users.objects.bulk_create(
             [users(username=name, password="!", is_active=False) for name in missing]
         )
         self.owners.update((user.username, user.pk) for user in created)
 
-    def _create_missing_chronicles(self):
-        missing = sorted(
-            {line.chronicle for line in self.to_create} - set(self.chronicles) - {None}
-        )
+    def _create_missing_chronicles(self, lines):
+        missing = sorted({line.chronicle for line in lines} - set(self.chronicles) - {None})
         created = Chronicle.objects.bulk_create([Chronicle(name=name) for name in missing])
         self.chronicles.update((chronicle.name, chronicle.pk) for chronicle in created)
+
+
+def _columns(specs, values):
+    """Model keyword arguments for the fields the schema writes directly."""
+    return {spec.column: values[spec.name] for spec in specs if spec.column}

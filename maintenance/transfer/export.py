@@ -3,22 +3,10 @@
 from collections import defaultdict
 
 from chronicles.models import Character, XPEntry
-from maintenance.transfer.format import character_dict, dumps, header_line
+from maintenance.transfer.format import dumps, header_line, to_record
+from maintenance.transfer.schema import CHARACTER, LEDGER, LEDGER_ROW_FIELDS, ROW_FIELDS
 
-ROW_FIELDS = (
-    "id",
-    "external_id",
-    "name",
-    "owner__username",
-    "chronicle__name",
-    "status",
-    "npc",
-    "xp",
-    "willpower",
-    "temporary_willpower",
-    "age",
-    "created_at",
-)
+__all__ = ["ROW_FIELDS", "export_lines", "records"]
 
 
 def records(rows):
@@ -29,30 +17,18 @@ def records(rows):
     entries = (
         XPEntry.objects.filter(character_id__in=[row["id"] for row in rows])
         .order_by("character_id", "created_at", "id")
-        .values_list("character_id", "amount", "kind", "created_at", "note")
+        .values_list("character_id", *LEDGER_ROW_FIELDS)
     )
     for character_id, *entry in entries:
-        ledgers[character_id].append(entry)
-    return [
-        (
-            row["id"],
-            character_dict(
-                row["external_id"],
-                row["name"],
-                row["owner__username"],
-                row["chronicle__name"],
-                row["status"],
-                row["npc"],
-                row["xp"],
-                row["willpower"],
-                row["temporary_willpower"],
-                row["age"],
-                row["created_at"],
-                ledgers[row["id"]],
-            ),
+        ledgers[character_id].append(
+            {spec.name: value for spec, value in zip(LEDGER, entry, strict=True)}
         )
-        for row in rows
-    ]
+    return [(row["id"], to_record(_values(row, ledgers[row["id"]]))) for row in rows]
+
+
+def _values(row, ledger):
+    values = {spec.name: row[spec.source] for spec in CHARACTER if spec.kind != "ledger"}
+    return {**values, "ledger": ledger}
 
 
 def export_lines(chronicle_id=None, batch_size=1000):
