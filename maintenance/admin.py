@@ -44,6 +44,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "status",
         "trigger",
         "periodic_task_name",
+        "schedule_changed_by",
         "requested_by",
         "params",
         "dry_run",

@@ -5,7 +5,7 @@ from django.contrib import messages
 from maintenance.enqueue import BrokerUnavailable, start
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
-from maintenance.runs import record_rejected
+from maintenance.runs import cut_error, record_rejected, screen
 
 START_PERMISSION = "maintenance.start_maintenancerun"
 
@@ -23,6 +23,7 @@ def start_from_admin(modeladmin, request, operation_name, raw_params, periodic_t
         "periodic_task_name": periodic_task_name,
     }
     try:
+        screen(raw_params)  # before any operation or repr() meets hostile input
         run = start(operation_name, raw_params, **origin)
     except ParameterError as error:
         run = record_rejected(operation_name, raw_params, error, **origin)
@@ -31,7 +32,9 @@ def start_from_admin(modeladmin, request, operation_name, raw_params, periodic_t
         )
         return None
     except BrokerUnavailable as error:
-        modeladmin.message_user(request, f"{operation_name} not started: {error}", messages.ERROR)
+        modeladmin.message_user(
+            request, f"{operation_name} not started: {cut_error(error)}", messages.ERROR
+        )
         return None
     modeladmin.message_user(
         request,

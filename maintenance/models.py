@@ -29,6 +29,11 @@ class MaintenanceRun(models.Model):
     requested_by = models.CharField(
         max_length=150, blank=True, help_text="The admin user or OS user who started it."
     )
+    schedule_changed_by = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="For a run of a schedule: the admin user who last saved or toggled it.",
+    )
     params = models.JSONField(default=dict, blank=True)
     dry_run = models.BooleanField(default=False)
     batch_size = models.PositiveIntegerField(default=1000)
@@ -129,6 +134,22 @@ class Finding(models.Model):
 
     def __str__(self):
         return f"{self.rule}: {self.model} {self.object_id}"
+
+
+class ScheduleChange(models.Model):
+    """Who last saved, enabled, disabled or toggled a schedule in the admin: a run that
+    beat starts from it names that person."""
+
+    NOBODY = "nobody (not changed through the admin)"
+
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.CASCADE, related_name="last_change"
+    )
+    changed_by = models.CharField(max_length=150)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"{self.periodic_task_id} changed by {self.changed_by}"
 
 
 class Heartbeat(models.Model):

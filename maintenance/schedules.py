@@ -1,12 +1,23 @@
 """The default schedules, seeded into django-celery-beat without ever overwriting what
 an admin has edited, and reading an operation's schedule back for monitoring."""
 
+import copy
 import json
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
+
+from maintenance.models import ScheduleChange
+from maintenance.runs import cut_error
+
+MAINTENANCE_PREFIX = "maintenance."
+# A beat message whose schedule text could not be read carries the reason under this
+# kwarg; the task turns it into a failed run instead of beat disabling the schedule.
+SCHEDULE_ERROR_KWARG = "maintenance_schedule_error"
 
 
 @dataclass(frozen=True)
@@ -91,3 +102,76 @@ def enabled_schedules(task_name):
             "interval", "crontab", "solar", "clocked"
         )
     )
+
+
+class ScheduleArgumentsError(ValueError):
+    """A schedule's args or kwargs text that a maintenance task cannot take."""
+
+
+def _load(text: str, what: str, kind: type):
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ScheduleArgumentsError(f"{what} is nested too deeply to read") from None
+    except ValueError as error:  # also int-digit limits
+        raise ScheduleArgumentsError(cut_error(f"{what} is not JSON: {error}")) from None
+    if not isinstance(value, kind):
+        raise ScheduleArgumentsError(
+            f"{what} must be a JSON {'object' if kind is dict else 'array'}, "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def schedule_arguments(args_text: str | None, kwargs_text: str | None) -> tuple[list, dict]:
+    """The (args, kwargs) a schedule's text stands for, or ScheduleArgumentsError."""
+    args = _load(args_text or "[]", "args", list)
+    kwargs = _load(kwargs_text or "{}", "kwargs", dict)
+    return args, kwargs
+
+
+def record_change(periodic_task: PeriodicTask, username: str) -> None:
+    """Remember who changed a schedule through the admin, for the runs it starts."""
+    ScheduleChange.objects.update_or_create(
+        periodic_task=periodic_task,
+        defaults={"changed_by": username[:150], "changed_at": timezone.now()},
+    )
+
+
+def last_changed_by(periodic_task_name: str) -> str:
+    change = ScheduleChange.objects.filter(periodic_task__name=periodic_task_name).first()
+    return change.changed_by if change else ScheduleChange.NOBODY
+
+
+class MaintenanceEntry(ModelEntry):
+    """django-celery-beat's entry, except that a maintenance schedule whose args or
+    kwargs cannot be read is not silently disabled (nor, for nesting too deep for json,
+    a crash of beat): it sends the reason, and the task records a failed run."""
+
+    def __init__(self, model, app=None):
+        problem = None
+        given = model
+        if (model.task or "").startswith(MAINTENANCE_PREFIX):
+            try:
+                schedule_arguments(model.args, model.kwargs)
+            except ScheduleArgumentsError as error:
+                problem = str(error)
+                # The parent parses a copy with empty arguments; the row keeps its text.
+                model = copy.copy(model)
+                model.args, model.kwargs = "[]", "{}"
+        self.model = given  # for _disable, which the parent may call while it reads
+        super().__init__(model, app=app)
+        self.model = given
+        if problem is not None:
+            self.kwargs = {SCHEDULE_ERROR_KWARG: problem}
+
+    def _disable(self, model):
+        # Disable the row itself, never the copy with emptied arguments.
+        super()._disable(self.model)
+
+
+class MaintenanceScheduler(DatabaseScheduler):
+    """The DatabaseScheduler with MaintenanceEntry. Beat starts it through
+    CELERY_BEAT_SCHEDULER (or --scheduler maintenance.schedules:MaintenanceScheduler)."""
+
+    Entry = MaintenanceEntry

@@ -46,9 +46,15 @@ def _operation_task(operation):
         retry_backoff_max=60,
         max_retries=5,
     )
-    def run_operation(self, **kwargs):
+    def run_operation(self, *args, **kwargs):
+        # Positional args (a schedule's "args") are refused as a recorded failed run,
+        # not a TypeError that nobody records.
         return run_from_task(
-            operation.name, kwargs, task_id=self.request.id, headers=_headers(self.request)
+            operation.name,
+            kwargs,
+            task_id=self.request.id,
+            headers=_headers(self.request),
+            args=args,
         )
 
     run_operation.__doc__ = operation.description

@@ -4,7 +4,8 @@ from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
 from maintenance.reporting import run_summary
 from maintenance.runner import execute
-from maintenance.runs import create_run, record_rejected
+from maintenance.runs import create_run, cut_error, record_rejected, screen
+from maintenance.schedules import SCHEDULE_ERROR_KWARG, last_changed_by
 
 Trigger = MaintenanceRun.Trigger
 # Message headers that say who sent a task. django-celery-beat adds periodic_task_name;
@@ -22,21 +23,47 @@ def trigger_from(headers):
     return Trigger.API
 
 
-def run_from_task(operation_name, kwargs, *, task_id, headers):
+def _origin(headers, task_id) -> dict:
+    trigger = trigger_from(headers)
+    schedule = cut_error(headers.get("periodic_task_name") or "")[:200]
+    return {
+        "trigger": trigger,
+        "periodic_task_name": schedule,
+        "requested_by": cut_error(headers.get(REQUESTED_BY_HEADER) or "")[:150],
+        "celery_task_id": cut_error(task_id or "")[:255],
+        # Beat runs what an admin last saved: name them on the run.
+        "schedule_changed_by": last_changed_by(schedule) if trigger == Trigger.BEAT else "",
+    }
+
+
+def _refusal(kwargs, args) -> str | None:
+    """Why a message cannot be a run at all, before any operation looks at it."""
+    if SCHEDULE_ERROR_KWARG in kwargs:
+        return cut_error(f"the schedule's arguments cannot be read: {kwargs[SCHEDULE_ERROR_KWARG]}")
+    if args:
+        return "maintenance tasks take keyword arguments only; put them in kwargs"
+    try:
+        screen(kwargs)
+    except ParameterError as error:
+        return str(error)
+    return None
+
+
+def run_from_task(operation_name, kwargs, *, task_id, headers, args=()):
     """Execute the run a task message stands for and return its summary.
 
     A message carries either `run_id` (the CLI and the admin record the run first) or
     the operation's parameters (beat). A redelivered message finds its run again by
-    run_id or task id, and the runner resumes it from its checkpoint."""
+    run_id or task id, and the runner resumes it from its checkpoint. Input that cannot
+    be a run becomes a failed run that says why."""
     kwargs = dict(kwargs)
+    origin = _origin(headers, task_id)
+    problem = _refusal(kwargs, args)
+    if problem is not None:
+        given = {**kwargs, "<args>": list(args)} if args else kwargs
+        return run_summary(record_rejected(operation_name, given, problem, **origin))
     by_id = "run_id" in kwargs
     run_id = kwargs.pop("run_id", None)
-    origin = {
-        "trigger": trigger_from(headers),
-        "periodic_task_name": str(headers.get("periodic_task_name") or "")[:200],
-        "requested_by": str(headers.get(REQUESTED_BY_HEADER) or "")[:150],
-        "celery_task_id": task_id or "",
-    }
     if by_id:
         run = _recorded_run(operation_name, run_id)
         if run is None:
@@ -47,7 +74,7 @@ def run_from_task(operation_name, kwargs, *, task_id, headers):
     if run is None:
         try:
             run = create_run(operation_name, kwargs, **origin)
-        except ParameterError as error:
+        except (ParameterError, TypeError) as error:
             return run_summary(record_rejected(operation_name, kwargs, error, **origin))
     return run_summary(execute(run))
 
