@@ -1,24 +1,160 @@
-"""Command-line plumbing for run_maintenance: flags generated from the operation
-declarations, one-line parser errors, and progress display."""
+"""Command-line plumbing shared by the maintenance commands: flags generated from the
+operation declarations, one-line errors (usage, failed runs, anything unexpected),
+Ctrl-C, closed or broken standard streams, and progress display."""
 
 import argparse
+import contextlib
 import getpass
+import logging
 import os
+import signal
 import sys
+import threading
 import time
+import traceback
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.db import DatabaseError, connection
+from django.utils import timezone
 from tqdm import tqdm
 
 from maintenance.models import MaintenanceRun
+from maintenance.oneline import describe, escape, first_line
 from maintenance.operations.base import BATCH_SIZE, DRY_RUN
 from maintenance.reporting import unfixed_findings
 from maintenance.runner import BatchReport
+
+logger = logging.getLogger(__name__)
 
 # The exit codes of DESIGN.md "Command line".
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SKIPPED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (`... | head -1`)
+
+__all__ = ["describe", "escape", "first_line"]
+
+
+def error(message: str, code: int = EXIT_FAILED) -> CommandError:
+    """The one-line error every command raises: whatever it quotes (user input, a path, an
+    exception's text), control characters and newlines are escaped, so it stays one line."""
+    return CommandError(escape(str(message).strip()) or "error", returncode=code)
+
+
+def usage_error(message: str) -> CommandError:
+    return error(message, EXIT_USAGE)
+
+
+def is_terminal(stream) -> bool:
+    """Whether `stream` is an open terminal (a closed stream is None or raises)."""
+    try:
+        return stream is not None and stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def settle(run_ids, reason: str) -> None:
+    """Record this process's own unfinished runs as failed with `reason`, so none is ever
+    left queued or running by a command that stops early (Ctrl-C, a broken stream)."""
+    ids = [pk for pk in run_ids if pk]
+    if not ids:
+        return
+    unfinished = (MaintenanceRun.Status.QUEUED, MaintenanceRun.Status.RUNNING)
+
+    def record():
+        MaintenanceRun.objects.filter(pk__in=ids, status__in=unfinished).update(
+            status=MaintenanceRun.Status.FAILED,
+            finished_at=timezone.now(),
+            lease_token="",
+            error=reason,
+        )
+
+    with sigint_held():
+        try:
+            record()
+        except DatabaseError:
+            if connection.in_atomic_block:
+                raise
+            connection.close()  # an interrupted query can leave the connection unusable
+            record()
+
+
+@contextlib.contextmanager
+def sigint_held():
+    """Ignore Ctrl-C while something must be recorded (signals: main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _reopen_closed_fds() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 and give Python a stream for it.
+
+    Python sets sys.stdout to None when fd 1 is closed at start; worse, the next file or
+    socket opened would get fd 1 and receive what is printed. /dev/null in its place
+    means printing goes nowhere and nothing else lands on a standard fd."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is None:
+            handler.setStream(sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point fd 1 at /dev/null so the exit-time flush is quiet."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever state stderr is in."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+class _CommandLogFilter(logging.Filter):
+    """On the console, a command reports a run's failure itself in one line; the
+    maintenance loggers' records (with their tracebacks) show only at -v 3."""
+
+    def filter(self, record):
+        return not record.name.startswith("maintenance")
+
+
+@contextlib.contextmanager
+def console_logs(verbosity: int):
+    console = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    quiet = _CommandLogFilter() if verbosity < 3 else None
+    for handler in console if quiet else ():
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in console if quiet else ():
+            handler.removeFilter(quiet)
 
 
 def os_user():
@@ -32,15 +168,18 @@ def os_user():
 def raise_for_outcome(run, fail_on_findings=False):
     """A finished run's exit code, as a one-line CommandError unless it is 0."""
     if run.status == MaintenanceRun.Status.SKIPPED:
-        raise CommandError(f"skipped: {run.error}", returncode=EXIT_SKIPPED)
+        raise error(f"skipped: {run.error}", EXIT_SKIPPED)
     if run.status == MaintenanceRun.Status.FAILED:
-        raise CommandError(f"run #{run.pk} failed: {run.error}", returncode=EXIT_FAILED)
+        raise failed_run_error(run)
     if fail_on_findings:
         left = unfixed_findings(run)
         if left:
-            raise CommandError(
-                f"run #{run.pk} left {left} unfixed findings", returncode=EXIT_FAILED
-            )
+            raise error(f"run #{run.pk} left {left} unfixed findings")
+
+
+def failed_run_error(run) -> CommandError:
+    """The one line for a failed run."""
+    return error(f"run #{run.pk} failed: {run.error}")
 
 
 class OneLineErrorParser(CommandParser):
@@ -50,23 +189,69 @@ class OneLineErrorParser(CommandParser):
 
     def error(self, message):
         # Arguments are echoed in the message: keep control characters from breaking the line.
-        printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-        text = f"{self.prog}: error: {printable}"
+        text = f"{self.prog}: error: {escape(message)}"
         if self.called_from_command_line:
             self.exit(self.error_returncode, text + "\n")
         raise CommandError(text, returncode=self.error_returncode)
 
 
 class OneLineErrorsCommand(BaseCommand):
-    """A management command whose usage errors are one line with `usage_exit_code`."""
+    """A management command whose usage errors are one line with `usage_exit_code`, and
+    whose every other way of stopping is one line too: a failure (exit 1, the traceback
+    in the log, on the console at -v 3), Ctrl-C (exit 130), a reader that went away
+    (exit 141, silently), closed standard streams (no crash). Runs it started and did
+    not finish (`self.own_runs`) are recorded failed, never left queued or running."""
 
     usage_exit_code = EXIT_USAGE
+    failure_exit_code = EXIT_FAILED
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         parser.__class__ = OneLineErrorParser
         parser.error_returncode = self.usage_exit_code
         return parser
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.own_runs: list[int] = []
+        self.show_traceback = False
+
+    def execute(self, *args, **options):
+        self.show_traceback = bool(options.get("traceback")) or options.get("verbosity", 1) >= 3
+        with console_logs(options.get("verbosity", 1)):
+            return super().execute(*args, **options)
+
+    def run_from_argv(self, argv):
+        _reopen_closed_fds()
+        self.stdout, self.stderr = OutputWrapper(sys.stdout), OutputWrapper(sys.stderr)
+        try:
+            try:
+                super().run_from_argv(argv)
+            finally:
+                sys.stdout.flush()  # here, not at exit: a broken pipe is caught below
+        except KeyboardInterrupt:
+            self._stop(EXIT_INTERRUPTED, "interrupted")
+        except BrokenPipeError:
+            _silence_stdout()
+            self._stop(EXIT_BROKEN_PIPE, "output closed by its reader", say=False)
+        except Exception as failure:  # CommandError never gets here: Django handles it
+            logger.error("%s failed", argv[1:2], exc_info=True)
+            if self.show_traceback:
+                with contextlib.suppress(Exception):
+                    traceback.print_exc()
+            self._stop(self.failure_exit_code, f"error: {describe(failure)}")
+
+    def _stop(self, code: int, reason: str, say: bool = True):
+        ended = ""
+        try:
+            settle(self.own_runs, reason)
+            if self.own_runs:
+                ended = f" (run #{self.own_runs[-1]} recorded as failed)"
+        except Exception:  # the database is gone too: say so, the lease will expire
+            logger.exception("could not record the end of runs %s", self.own_runs)
+        if say:
+            _say(f"CommandError: {escape(reason)}{ended}")
+        sys.exit(code)
 
 
 def add_parameter_flag(parser, parameter):
@@ -97,7 +282,19 @@ def add_run_options(parser):
     add_parameter_flag(parser, BATCH_SIZE)
     parser.add_argument("--inline", action="store_true", help="Run in this process, no broker.")
     parser.add_argument("--wait", action="store_true", help="Follow an enqueued run to its end.")
-    parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"With --wait: give up following after SECONDS (default {WAIT_TIMEOUT}), exit 1.",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="Print one JSON object. Never asks: an inline --fix with --json applies "
+        "without --no-input.",
+    )
     parser.add_argument(
         "--fail-on-findings",
         action="store_true",
@@ -108,7 +305,7 @@ def add_run_options(parser):
         "--noinput",
         action="store_false",
         dest="interactive",
-        help="Do not ask before applying an inline --fix.",
+        help="Do not ask before applying an inline --fix (needed without a terminal).",
     )
     # Django's own options, accepted after the operation name too.
     parser.add_argument(
@@ -147,12 +344,38 @@ class Progress:
             self.bar.close()
 
 
-def follow(run, progress, stdout, poll=0.5, patience=10):
-    """Poll an enqueued run until it ends, reporting batches as they commit."""
+WAIT_TIMEOUT = 3600
+
+
+def seconds(text: str) -> float:
+    """A --timeout value: a positive number of seconds, in ASCII digits."""
+    stripped = text.strip()
+    if not stripped.isascii() or not stripped.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    value = float(stripped)
+    if not 0 < value <= 366 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {366 * 24 * 3600}, not {text}")
+    return value
+
+
+class WaitTimedOut(Exception):
+    """--wait gave up; the run goes on on the worker. `run` is as it is now."""
+
+    def __init__(self, message, run):
+        super().__init__(message)
+        self.run = run
+
+
+def follow(run, progress, stdout, poll=0.5, patience=10, timeout=WAIT_TIMEOUT):
+    """Poll an enqueued run until it ends, reporting batches as they commit. Raises
+    WaitTimedOut after `timeout` seconds."""
     seen_batches = 0
     started_waiting = time.monotonic()
     warned = False
     while True:
+        if time.monotonic() - started_waiting > timeout:
+            run.refresh_from_db()
+            raise WaitTimedOut(f"run #{run.pk} is still {run.status} after {timeout:g}s", run)
         run.refresh_from_db()
         new_batches = run.batch_log.filter(number__gt=seen_batches).order_by("number")
         for batch in new_batches:

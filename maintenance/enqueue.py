@@ -1,59 +1,91 @@
 """Sending a recorded run to the workers through the broker, failing fast when the
-broker cannot be reached."""
+broker cannot be reached or does not answer."""
 
 import uuid
 
 from celery import current_app
 from kombu.utils.url import maybe_sanitize_url
 
-from maintenance import operations
+from maintenance import oneline, operations
 from maintenance.models import MaintenanceRun
 from maintenance.runs import create_run
 from maintenance.tasks import OPERATION_TASKS
 from maintenance.triggers import REQUESTED_BY_HEADER, TRIGGER_HEADER
 
-CONNECT_TIMEOUT = 3  # seconds: a missing broker is reported, not waited for
+# Seconds any one broker step (connect, check, publish) may take. The check and the
+# publish each get one attempt, so an unreachable or silent broker is said within
+# 2 * BROKER_TIMEOUT (< 5 s). These options go only on the connections made here, never
+# into CELERY_BROKER_TRANSPORT_OPTIONS: a worker's blocking BRPOP must not time out.
+BROKER_TIMEOUT = 2.0
+CONNECT_TIMEOUT = BROKER_TIMEOUT  # kept for callers of the old name
+_BOUNDED = {
+    "socket_timeout": BROKER_TIMEOUT,
+    "socket_connect_timeout": BROKER_TIMEOUT,
+    "max_retries": 0,
+}
 
 
 class BrokerUnavailable(Exception):
     pass
 
 
-def _broker():
+def _broker() -> str:
     return maybe_sanitize_url(current_app.conf.broker_url)
 
 
-def check_broker():
-    """Raise BrokerUnavailable unless the broker answers within a few seconds."""
+def bounded_connection():
+    """A broker connection whose every socket operation gives up after BROKER_TIMEOUT."""
+    return current_app.connection_for_write(
+        connect_timeout=BROKER_TIMEOUT, transport_options=dict(_BOUNDED)
+    )
+
+
+def check_broker() -> None:
+    """Raise BrokerUnavailable unless the broker answers within BROKER_TIMEOUT."""
     try:
-        with current_app.connection_for_write(connect_timeout=CONNECT_TIMEOUT) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=CONNECT_TIMEOUT)
-    except Exception as error:  # kombu raises transport-specific errors
-        raise BrokerUnavailable(f"the broker at {_broker()} is unreachable ({error})") from None
+        with bounded_connection() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=BROKER_TIMEOUT)
+            # Connecting is not answering: a silent server accepts and then never replies.
+            client = getattr(connection.default_channel, "client", None)
+            if client is not None and hasattr(client, "ping"):
+                client.ping()
+    except Exception as error:  # kombu and redis-py raise transport-specific errors
+        raise BrokerUnavailable(
+            f"the broker at {_broker()} is unreachable ({oneline.first_line(error)})"
+        ) from None
 
 
-def enqueue(run):
-    """Publish `run` to its operation's task; the message carries only the run id."""
+def enqueue(run: MaintenanceRun, connection=None) -> None:
+    """Publish `run` to its operation's task; the message carries only the run id. A run
+    that could not be published is recorded failed, never left queued."""
     task = OPERATION_TASKS[run.operation]
     try:
-        task.apply_async(
-            kwargs={"run_id": run.pk},
-            task_id=run.celery_task_id,
-            headers={TRIGGER_HEADER: run.trigger, REQUESTED_BY_HEADER: run.requested_by},
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-        )
-    except Exception as error:
-        message = f"could not enqueue on {_broker()}: {error}"
+        with connection or bounded_connection() as conn:
+            task.apply_async(
+                kwargs={"run_id": run.pk},
+                task_id=run.celery_task_id,
+                headers={TRIGGER_HEADER: run.trigger, REQUESTED_BY_HEADER: run.requested_by},
+                connection=conn,
+                # The command follows the run in the database, never through results:
+                # no subscription to a result backend that could hang.
+                ignore_result=True,
+                retry=False,
+            )
+    except BaseException as error:  # Ctrl-C included: the run must not stay queued
+        interrupted = isinstance(error, KeyboardInterrupt)
+        reason = "interrupted" if interrupted else oneline.first_line(error)
+        message = f"could not enqueue on {_broker()}: {reason}"
         MaintenanceRun.objects.filter(pk=run.pk, status=MaintenanceRun.Status.QUEUED).update(
             status=MaintenanceRun.Status.FAILED, error=message
         )
+        if interrupted or not isinstance(error, Exception):
+            raise
         raise BrokerUnavailable(message) from None
 
 
-def start(operation_name, raw_params, **origin):
+def start(operation_name: str, raw_params: dict, **origin) -> MaintenanceRun:
     """Validate, check the broker, record and publish a run. Raises UnknownOperation or
-    ParameterError (nothing written) or BrokerUnavailable."""
+    ParameterError (nothing written) or BrokerUnavailable (nothing, or a failed run)."""
     operations.get(operation_name).clean(raw_params)
     check_broker()
     run = create_run(operation_name, raw_params, celery_task_id=str(uuid.uuid4()), **origin)

@@ -34,10 +34,18 @@ def problems():
 
 @pytest.fixture
 def terminal(monkeypatch):
-    """stdin is a terminal, and the person at it answers with `answers`."""
+    """stdin and stdout are terminals, and the person at them answers with `answers`
+    (none left: end of input, Ctrl-D)."""
     answers = []
+
+    def answer(prompt):
+        if not answers:
+            raise EOFError
+        return answers.pop(0)
+
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
-    monkeypatch.setattr("builtins.input", lambda prompt: answers.pop(0))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", answer)
     return answers
 
 
@@ -73,6 +81,7 @@ def test_fail_on_findings_passes_when_everything_was_fixed(problems):
         "validate_data_integrity",
         "--inline",
         "--fix",
+        "--no-input",
         "--rules=character_trait_out_of_range",
         "--fail-on-findings",
     )
@@ -107,16 +116,42 @@ def test_no_input_never_asks(problems, terminal):
     assert terminal == []
 
 
-def test_without_a_terminal_it_never_asks(problems, monkeypatch):
-    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+def test_end_of_input_at_the_question_means_no(problems, terminal):
+    text = run_command("validate_data_integrity", "--inline", "--fix")
+
+    assert "Nothing changed." in text
+    assert Character.objects.filter(willpower=12).count() == 8
+
+
+@pytest.mark.parametrize("terminals", [(False, False), (True, False), (False, True)])
+def test_without_two_terminals_a_real_fix_needs_no_input_and_records_nothing(
+    problems, monkeypatch, terminals
+):
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: terminals[0])
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminals[1])
 
     def no_questions(prompt):
         raise AssertionError("asked without a terminal")
 
     monkeypatch.setattr("builtins.input", no_questions)
 
-    run_command("validate_data_integrity", "--inline", "--fix")
+    with pytest.raises(CommandError) as raised:
+        run_command("validate_data_integrity", "--inline", "--fix")
 
+    assert raised.value.returncode == 2
+    assert "--no-input" in str(raised.value) and "\n" not in str(raised.value)
+    assert not MaintenanceRun.objects.exists()
+    assert Character.objects.filter(willpower=12).count() == 8
+    run_command("validate_data_integrity", "--inline", "--fix", "--no-input")
+    assert not Character.objects.filter(willpower=12).exists()
+
+
+def test_json_never_asks_and_applies(problems, monkeypatch):
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+
+    summary = json.loads(run_command("validate_data_integrity", "--inline", "--fix", "--json"))
+
+    assert summary["status"] == "succeeded" and not summary["dry_run"]
     assert not Character.objects.filter(willpower=12).exists()
 
 

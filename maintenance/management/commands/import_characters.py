@@ -1,8 +1,7 @@
 """manage.py import_characters FILE [--dry-run] [--batch-size N] [--json] ..."""
 
 import json
-
-from django.core.management.base import CommandError
+import os
 
 from maintenance import cli
 from maintenance.models import MaintenanceRun
@@ -36,7 +35,10 @@ class Command(cli.OneLineErrorsCommand):
         )
 
     def handle(self, *args, **options):
-        raw = {"path": options["file"]}
+        path = options["file"]
+        # Absolute where it was typed: the run record (and a resume) must not depend on
+        # the working directory of whoever reads it later.
+        raw = {"path": os.path.abspath(path) if path.strip() else path}
         for name in ("create_owners", "create_chronicles", "dry_run", "batch_size"):
             if options.get(name) is not None:
                 raw[name] = options[name]
@@ -45,7 +47,8 @@ class Command(cli.OneLineErrorsCommand):
                 OPERATION, raw, trigger=MaintenanceRun.Trigger.CLI, requested_by=cli.os_user()
             )
         except ParameterError as error:
-            raise CommandError(f"{OPERATION}: {error}", returncode=2) from None
+            raise cli.usage_error(f"{OPERATION}: {error}") from None
+        self.own_runs.append(run.pk)
         progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
         try:
             run = execute(run, on_batch=progress.batch)

@@ -1,15 +1,15 @@
 """manage.py run_maintenance [OPERATION [flags]]: list, enqueue or run inline."""
 
 import json
+import os
 import sys
 
-from django.core.management.base import CommandError
 from django.db import DatabaseError
 
 from maintenance import cli, operations
 from maintenance.enqueue import BrokerUnavailable, start
 from maintenance.models import MaintenanceRun
-from maintenance.operations.base import ParameterError
+from maintenance.operations.base import BATCH_SIZE, DRY_RUN, ParameterError
 from maintenance.reporting import (
     admin_findings_path,
     findings_by_rule,
@@ -42,12 +42,16 @@ class Command(cli.OneLineErrorsCommand):
         if not options.get("operation"):
             self._list()
             return
+        if options["timeout"] is not None and not options["wait"]:
+            raise cli.usage_error("--timeout needs --wait")
         try:
             run = self._run(options)
         except (BrokerUnavailable, DatabaseError) as error:
-            raise CommandError(
-                str(error).strip().splitlines()[0], returncode=cli.EXIT_FAILED
-            ) from None
+            raise cli.error(cli.first_line(error)) from None
+        except cli.WaitTimedOut as timed_out:
+            if options["json"]:
+                self.stdout.write(json.dumps(run_summary(timed_out.run)))
+            raise cli.error(f"{timed_out}; it goes on on the worker") from None
         self._finish(run, options)
 
     def _list(self):
@@ -57,9 +61,18 @@ class Command(cli.OneLineErrorsCommand):
             for parameter in operation.parameters:
                 self.stdout.write(f"      {parameter.flag:<22}{parameter.help}")
 
-    def _params(self, operation, options):
-        names = [p.name for p in operation.parameters] + ["dry_run", "batch_size"]
-        return {name: options[name] for name in names if options.get(name) is not None}
+    @staticmethod
+    def _params(operation, options):
+        """The raw parameters; a file path is made absolute here, where it was typed."""
+        raw = {}
+        for parameter in (*operation.parameters, DRY_RUN, BATCH_SIZE):
+            value = options.get(parameter.name)
+            if value is None:
+                continue
+            if parameter.is_path and isinstance(value, str) and value.strip():
+                value = os.path.abspath(value)
+            raw[parameter.name] = value
+        return raw
 
     def _run(self, options):
         operation = operations.get(options["operation"])
@@ -67,41 +80,52 @@ class Command(cli.OneLineErrorsCommand):
         origin = {"trigger": MaintenanceRun.Trigger.CLI, "requested_by": cli.os_user()}
         inline = options["inline"]
         try:
+            operation.clean(raw)
+        except ParameterError as error:
+            raise cli.usage_error(f"{operation.name}: {error}") from None
+        ask = inline and self._should_ask(raw, options)
+        if ask and not (cli.is_terminal(sys.stdin) and cli.is_terminal(sys.stdout)):
+            # Nobody to ask: a real fix needs an explicit yes. Nothing is recorded.
+            raise cli.usage_error(
+                "an inline --fix without a terminal needs --no-input (or --json) to apply, "
+                "or --dry-run to preview"
+            )
+        try:
             run = (
                 create_run(operation.name, raw, **origin)
                 if inline
                 else start(operation.name, raw, **origin)
             )
-        except ParameterError as error:
-            raise CommandError(f"{operation.name}: {error}", returncode=cli.EXIT_USAGE) from None
+        except ParameterError as error:  # e.g. a chronicle deleted since the check
+            raise cli.usage_error(f"{operation.name}: {error}") from None
 
         progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
         try:
-            if inline and self._should_ask(run, options):
+            if ask:
                 return self._preview_then_apply(run, raw, origin, progress, options)
             if inline:
+                self.own_runs.append(run.pk)
                 return execute(run, on_batch=progress.batch)
             if not options["wait"]:
                 return run
             if not options["json"]:
                 self.stdout.write(f"Enqueued run #{run.pk} (task {run.celery_task_id}); waiting.")
-            return cli.follow(run, progress, self.stdout)
+            timeout = options["timeout"] or cli.WAIT_TIMEOUT
+            return cli.follow(run, progress, self.stdout, timeout=timeout)
         finally:
             progress.close()
 
     @staticmethod
-    def _should_ask(run, options):
-        """An inline --fix on a terminal asks first; --no-input or no terminal never."""
+    def _should_ask(raw, options):
+        """An inline real --fix asks first, unless --no-input or --json says not to."""
         return (
-            run.params.get("fix")
-            and not run.dry_run
-            and options["interactive"]
+            bool(raw.get("fix") and not raw.get("dry_run") and options["interactive"])
             and not options["json"]
-            and sys.stdin.isatty()
         )
 
     def _preview_then_apply(self, run, raw, origin, progress, options):
         # The recorded run becomes the preview (a dry run); the fix is a run of its own.
+        self.own_runs.append(run.pk)
         MaintenanceRun.objects.filter(pk=run.pk).update(dry_run=True)
         run.refresh_from_db()
         preview = execute(run, on_batch=progress.batch)
@@ -109,12 +133,21 @@ class Command(cli.OneLineErrorsCommand):
         if preview.status != MaintenanceRun.Status.SUCCEEDED or not preview.changed:
             return preview
         self._report(preview, options)
-        answer = input(f"Apply {preview.changed:,} fixes? [y/N] ").strip().lower()
-        if answer not in ("y", "yes"):
+        if not self._confirm(f"Apply {preview.changed:,} fixes? [y/N] "):
             self.stdout.write(self.style.NOTICE("Nothing changed."))
             return preview
         fix_run = create_run(run.operation, raw, **origin)
+        self.own_runs.append(fix_run.pk)
         return execute(fix_run, on_batch=progress.batch)
+
+    @staticmethod
+    def _confirm(question):
+        """Yes only for y or yes; end of input (Ctrl-D) is no."""
+        try:
+            answer = input(question)
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
 
     def _report(self, run, options):
         style = {
