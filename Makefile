@@ -41,7 +41,7 @@ worker: setup
 	$(BIN)/celery -A worker worker -Q maintenance --loglevel=INFO
 
 beat: setup
-	$(BIN)/celery -A worker beat --loglevel=INFO --scheduler django_celery_beat.schedulers:DatabaseScheduler
+	$(BIN)/celery -A worker beat --loglevel=INFO --scheduler maintenance.schedules:MaintenanceScheduler
 
 # Starts the local PostgreSQL and Redis where they are installed (Debian packages).
 services:

@@ -63,4 +63,4 @@ def test_worker_and_beat_commands():
     assert compose_command("worker")[5] == "maintenance"
     beat = compose_command("beat")
     assert beat[:4] == ["celery", "-A", "worker", "beat"]
-    assert "django_celery_beat.schedulers:DatabaseScheduler" in beat
+    assert "maintenance.schedules:MaintenanceScheduler" in beat

@@ -1,34 +1,48 @@
 """Settings for tg-maintenance, read from the environment (12-factor).
 
 Every variable is listed in the README. Development is the default; with
-DJANGO_PRODUCTION=true the settings refuse to start without DJANGO_SECRET_KEY
-and refuse DJANGO_DEBUG=true.
+DJANGO_PRODUCTION=true the settings refuse to start without a strong DJANGO_SECRET_KEY
+and refuse DJANGO_DEBUG=true. Every value is read strictly by worker/env.py: a value
+that cannot be used is one line naming the variable, never a silent default.
 """
 
 from pathlib import Path
 
-import environ
-from django.core.exceptions import ImproperlyConfigured
+from worker import env
+from worker.env import SettingError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+DAY = 24 * 3600
 
-env = environ.Env()
 
-PRODUCTION = env.bool("DJANGO_PRODUCTION", default=False)
+def _production_secret_key() -> str:
+    key = env.raw("DJANGO_SECRET_KEY")
+    if key is None:
+        raise SettingError("DJANGO_SECRET_KEY", "DJANGO_PRODUCTION is on but it is not set")
+    if key == env.DEVELOPMENT_SECRET_KEY or key.startswith("django-insecure"):
+        raise SettingError("DJANGO_SECRET_KEY", "is a known development key")
+    if len(key) < env.MIN_SECRET_LENGTH or len(set(key)) < env.MIN_SECRET_DISTINCT:
+        raise SettingError(
+            "DJANGO_SECRET_KEY",
+            f"is too weak: use at least {env.MIN_SECRET_LENGTH} characters with at least "
+            f"{env.MIN_SECRET_DISTINCT} different ones (openssl rand -hex 32)",
+        )
+    return key
+
+
+PRODUCTION = env.boolean("DJANGO_PRODUCTION", default=False)
 
 if PRODUCTION:
-    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-    if not SECRET_KEY:
-        raise ImproperlyConfigured("DJANGO_PRODUCTION is on but DJANGO_SECRET_KEY is not set.")
-    DEBUG = env.bool("DJANGO_DEBUG", default=False)
+    SECRET_KEY = _production_secret_key()
+    DEBUG = env.boolean("DJANGO_DEBUG", default=False)
     if DEBUG:
-        raise ImproperlyConfigured("DJANGO_DEBUG must be off when DJANGO_PRODUCTION is on.")
+        raise SettingError("DJANGO_DEBUG", "must be off when DJANGO_PRODUCTION is on")
 else:
-    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="insecure-development-key-do-not-deploy")
-    DEBUG = env.bool("DJANGO_DEBUG", default=True)
+    SECRET_KEY = env.text("DJANGO_SECRET_KEY", default=env.DEVELOPMENT_SECRET_KEY)
+    DEBUG = env.boolean("DJANGO_DEBUG", default=True)
 
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+ALLOWED_HOSTS = env.text_list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.text_list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -71,7 +85,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+    "default": env.database_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Wait for a lock instead of failing at once: the worker and the CLI may share the file.
@@ -86,7 +100,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+TIME_ZONE = env.time_zone("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
 
@@ -100,19 +114,21 @@ STORAGES = {
 if PRODUCTION:
     # gunicorn serves the admin's static files itself; runserver does it in development.
     MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
-    SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
+    SESSION_COOKIE_SECURE = env.boolean("DJANGO_SECURE_COOKIES", default=True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
+    "root": {"handlers": ["console"], "level": env.log_level("LOG_LEVEL", default="WARNING")},
 }
 
 # --- Celery (read by worker/celery.py through the CELERY_ namespace) ---
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://localhost:6379/0")
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL)
+CELERY_BROKER_URL = env.broker_url("CELERY_BROKER_URL", default="redis://localhost:6379/0")
+CELERY_RESULT_BACKEND = env.broker_url(
+    "CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL, schemes=env.RESULT_SCHEMES
+)
 CELERY_TIMEZONE = TIME_ZONE
 
 # JSON only: a pickled message must never be executed.
@@ -129,11 +145,14 @@ CELERY_TASK_DEFAULT_QUEUE = MAINTENANCE_QUEUE
 # A long job must not hoard messages, and a worker that dies mid-task must not lose it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Processes per worker; unset, Celery starts one per CPU.
-CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=None)
+CELERY_WORKER_CONCURRENCY = env.integer("CELERY_WORKER_CONCURRENCY", None, 1, 256)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=3300)
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3600)
+CELERY_TASK_SOFT_TIME_LIMIT = env.integer("CELERY_TASK_SOFT_TIME_LIMIT", 3300, 1, 7 * DAY)
+CELERY_TASK_TIME_LIMIT = env.integer("CELERY_TASK_TIME_LIMIT", 3600, 1, 7 * DAY)
+if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
+    # The soft limit lets a run save its checkpoint; after the hard one it cannot.
+    raise SettingError("CELERY_TASK_SOFT_TIME_LIMIT", "must be below CELERY_TASK_TIME_LIMIT")
 # Redis re-delivers an unacknowledged message after this many seconds. It must exceed the
 # hard time limit, or a long task that is still running would be delivered a second time.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -144,21 +163,33 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler, except that a maintenance schedule whose
+# args/kwargs cannot be read becomes a failed run instead of being disabled silently.
+CELERY_BEAT_SCHEDULER = "maintenance.schedules:MaintenanceScheduler"
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 # --- Maintenance runs ---
 # A running run whose heartbeat is older than this is dead; the next trigger takes it over.
-MAINTENANCE_LEASE_SECONDS = env.int("MAINTENANCE_LEASE_SECONDS", default=60)
+MAINTENANCE_LEASE_SECONDS = env.integer("MAINTENANCE_LEASE_SECONDS", 60, 5, DAY)
 # Transient database errors (connection lost, lock timeouts) are retried this many times
 # per batch, waiting MAINTENANCE_RETRY_BACKOFF seconds, doubling each time.
-MAINTENANCE_DB_RETRIES = env.int("MAINTENANCE_DB_RETRIES", default=5)
-MAINTENANCE_RETRY_BACKOFF = env.float("MAINTENANCE_RETRY_BACKOFF", default=0.5)
+MAINTENANCE_DB_RETRIES = env.integer("MAINTENANCE_DB_RETRIES", 5, 0, 100)
+MAINTENANCE_RETRY_BACKOFF = env.number("MAINTENANCE_RETRY_BACKOFF", 0.5, 0, 3600)
 # A failed run with the same parameters is resumed from its checkpoint within this window.
-MAINTENANCE_RESUME_WINDOW_HOURS = env.int("MAINTENANCE_RESUME_WINDOW_HOURS", default=24)
+MAINTENANCE_RESUME_WINDOW_HOURS = env.integer("MAINTENANCE_RESUME_WINDOW_HOURS", 24, 0, 24 * 366)
 # Beat sends maintenance.heartbeat every minute; older than this, beat or the worker is down.
-MAINTENANCE_HEARTBEAT_STALE_SECONDS = env.int("MAINTENANCE_HEARTBEAT_STALE_SECONDS", default=300)
+MAINTENANCE_HEARTBEAT_STALE_SECONDS = env.integer(
+    "MAINTENANCE_HEARTBEAT_STALE_SECONDS", 300, 60, 7 * DAY
+)
 # An operation is overdue when no run succeeded within its schedule's period plus this.
-MAINTENANCE_OVERDUE_GRACE_HOURS = env.float("MAINTENANCE_OVERDUE_GRACE_HOURS", default=2)
+MAINTENANCE_OVERDUE_GRACE_HOURS = env.number("MAINTENANCE_OVERDUE_GRACE_HOURS", 2, 0, 24 * 366)
 # import_characters refuses files larger than this (bytes).
-MAINTENANCE_IMPORT_MAX_BYTES = env.int("MAINTENANCE_IMPORT_MAX_BYTES", default=200 * 1024 * 1024)
+MAINTENANCE_IMPORT_MAX_BYTES = env.integer(
+    "MAINTENANCE_IMPORT_MAX_BYTES", 200 * 1024 * 1024, 1, 1024**4
+)
+# After this many starts in a row without a committed batch, a run fails saying why.
+MAINTENANCE_MAX_ATTEMPTS = env.integer("MAINTENANCE_MAX_ATTEMPTS", 10, 1, 1000)
+# A queued run that no worker started within this many seconds is sent again.
+MAINTENANCE_REQUEUE_AFTER_SECONDS = env.integer(
+    "MAINTENANCE_REQUEUE_AFTER_SECONDS", 300, 30, 7 * DAY
+)

@@ -33,6 +33,6 @@ def test_beat_sends_a_schedule_from_the_database_to_the_worker(
     worker_log_before_beat = celery_worker_process.mark()
     celery_beat_process.start()
 
-    celery_beat_process.wait_for_log("django_celery_beat.schedulers.DatabaseScheduler")
+    celery_beat_process.wait_for_log("maintenance.schedules.MaintenanceScheduler")
     celery_beat_process.wait_for_log("Sending due task integration ping (maintenance.ping)")
     celery_worker_process.wait_for_log("Task maintenance.ping[", since=worker_log_before_beat)
