@@ -5,6 +5,7 @@ UNKNOWN when the health cannot be determined (bad usage, database unreachable)."
 
 import argparse
 import json
+import re
 import sys
 
 from django.core.management.base import CommandError
@@ -17,10 +18,10 @@ UNKNOWN = 3
 
 
 def _period(text):
-    try:
-        hours = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    # ASCII digits only: float() also takes "١٢", "1_0", "inf" and "nan".
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", text.strip(), re.ASCII):
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}")
+    hours = float(text)
     if not 0 < hours <= 24 * 366:
         raise argparse.ArgumentTypeError(f"must be between 0 and {24 * 366} hours, not {text}")
     return int(hours) if hours.is_integer() else hours
