@@ -311,7 +311,7 @@ def add_run_options(parser):
     parser.add_argument(
         "-v",
         "--verbosity",
-        type=int,
+        type=ascii_int,
         choices=[0, 1, 2, 3],
         default=argparse.SUPPRESS,
         help="2 shows per-batch detail.",
@@ -345,6 +345,14 @@ class Progress:
 
 
 WAIT_TIMEOUT = 3600
+
+
+def ascii_int(text: str) -> int:
+    """int() for flags: ASCII digits only (int() also takes "١٢" and "1_0")."""
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.removeprefix("-").isdigit() and len(stripped) < 20):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(stripped)
 
 
 def seconds(text: str) -> float:
