@@ -67,12 +67,14 @@ class Parameter:
 
     def _clean_int(self, value):
         if isinstance(value, str):
-            if not _WHOLE_NUMBER.fullmatch(value.strip()):
+            # Spaces only around it: a tab, newline or escape is not part of a number.
+            value = value.strip(" ")
+            if not _WHOLE_NUMBER.fullmatch(value):
                 raise ParameterError(f"{self.name} must be a whole number, not {value!r}")
-            digits = value.strip().lstrip("+-")
+            digits = value.lstrip("+-")
             if len(digits.lstrip("0")) > 19:  # int() refuses 4,300 digits; no column holds 20
                 raise ParameterError(f"{self.name} is out of range: {digits[:25]}...")
-            value = int(value.strip())
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParameterError(f"{self.name} must be a whole number, not {value!r}")
         if abs(value) > _BIGINT:  # no database column holds it
@@ -87,7 +89,7 @@ class Parameter:
 
     def _clean_list(self, value):
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            value = [part.strip(" ") for part in value.split(",") if part.strip(" ")]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ParameterError(f"{self.name} must be a list of names, not {value!r}")
         if not value:

@@ -19,7 +19,7 @@ UNKNOWN = 3
 
 def _period(text):
     # ASCII digits only: float() also takes "١٢", "1_0", "inf" and "nan".
-    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", text.strip(), re.ASCII):
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9})?", text.strip(" "), re.ASCII):
         raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}")
     hours = float(text)
     if not 0 < hours <= 24 * 366:
