@@ -349,7 +349,7 @@ WAIT_TIMEOUT = 3600
 
 def ascii_int(text: str) -> int:
     """int() for flags: ASCII digits only (int() also takes "١٢" and "1_0")."""
-    stripped = text.strip()
+    stripped = text.strip(" ")
     if not (stripped.isascii() and stripped.removeprefix("-").isdigit() and len(stripped) < 20):
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
     return int(stripped)
@@ -357,7 +357,7 @@ def ascii_int(text: str) -> int:
 
 def seconds(text: str) -> float:
     """A --timeout value: a positive number of seconds, in ASCII digits."""
-    stripped = text.strip()
+    stripped = text.strip(" ")
     if not stripped.isascii() or not stripped.replace(".", "", 1).isdigit():
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     value = float(stripped)
