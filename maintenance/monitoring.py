@@ -2,24 +2,45 @@
 
 Per operation: the last run, the last success, failures in the period, and whether it
 is overdue against its own schedule. Then the heartbeat, and counts of the game data.
+
+A schedule that cannot be evaluated (a solar schedule without `ephem`, a clocked time
+that has passed, an unknown time zone, an invalid crontab field) makes its operation's
+check UNKNOWN with a one-line detail; the rest of the report stands. Every text shown
+(details, run errors, host names) is one line of at most DETAIL_LIMIT characters.
 """
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Count, Q
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from chronicles.models import Character, Chronicle, Scene
 from maintenance import heartbeat, operations
-from maintenance.models import MaintenanceRun
-from maintenance.schedules import enabled_schedules
+from maintenance.models import Finding, MaintenanceRun
 
-OK, WARNING, CRITICAL = "OK", "WARNING", "CRITICAL"
-SEVERITY = {OK: 0, WARNING: 1, CRITICAL: 2}
+OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
+# Nagios plugin exit codes; CRITICAL outranks UNKNOWN, which outranks WARNING.
+SEVERITY = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
+RANK = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
+DETAIL_LIMIT = 2000
 Status = MaintenanceRun.Status
+
+
+def one_line(text: object, limit: int = DETAIL_LIMIT) -> str:
+    """`text` as one printable line of at most `limit` characters: run errors can be
+    long tracebacks with control characters, and must not break a Nagios line."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def error_line(error: BaseException) -> str:
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 @dataclass
@@ -28,9 +49,20 @@ class Check:
     status: str
     detail: str
 
+    def __post_init__(self):
+        self.detail = one_line(self.detail)
+
+
+def worst_status(statuses: Iterable[str]) -> str:
+    return max(statuses, key=RANK.get, default=OK)
+
 
 def worst(checks):
-    return max((c.status for c in checks), key=SEVERITY.get, default=OK)
+    return worst_status(c.status for c in checks)
+
+
+def exit_code(health: str) -> int:
+    return SEVERITY.get(health, SEVERITY[UNKNOWN])
 
 
 def _iso(moment):
@@ -47,16 +79,43 @@ def _run_brief(run):
         "dry_run": run.dry_run,
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
-        "error": run.error or None,
+        "error": one_line(run.error) if run.error else None,
     }
 
 
-def _next_due(schedules, since, now):
-    """When the earliest of the schedules expects a run after `since`."""
-    dues = []
-    for periodic_task in schedules:
-        reference = since or periodic_task.date_changed
-        dues.append(now + periodic_task.schedule.remaining_estimate(reference))
+class Unevaluable(Exception):
+    """A schedule whose next due time cannot be worked out."""
+
+
+def _due(periodic_task: PeriodicTask, since: datetime | None, now: datetime) -> datetime:
+    if periodic_task.clocked_id and periodic_task.clocked.clocked_time < now:
+        # A one-off that beat has not fired and disabled: nothing says when it is due.
+        raise Unevaluable(f"clocked time {_iso(periodic_task.clocked.clocked_time)} has passed")
+    reference = since or periodic_task.date_changed
+    return now + periodic_task.schedule.remaining_estimate(reference)
+
+
+def _schedule_dues(task_name: str, since, now) -> tuple[list[str], list[datetime], list[str]]:
+    """(names, due times, problems) of the enabled schedules of `task_name`. Each is read
+    on its own: one broken row (say an unknown time zone) must not hide the others."""
+    rows = PeriodicTask.objects.filter(task=task_name, enabled=True).order_by("name")
+    names, dues, problems = [], [], []
+    for pk, name in rows.values_list("pk", "name"):
+        names.append(name)
+        try:
+            periodic_task = PeriodicTask.objects.select_related(
+                "interval", "crontab", "solar", "clocked"
+            ).get(pk=pk)
+            dues.append(_due(periodic_task, since, now))
+        except DatabaseError:
+            raise  # the database itself: the whole report is UNKNOWN
+        except Exception as error:  # celery, ephem, zoneinfo and crontab parsing all differ
+            detail = str(error) if isinstance(error, Unevaluable) else error_line(error)
+            problems.append(f"cannot evaluate schedule {name!r}: {one_line(detail, 300)}")
+    return names, dues, problems
+
+
+def _earliest(dues: list[datetime]) -> datetime | None:
     if not dues:
         return None
     # Shown to people: to the nearest second.
@@ -73,9 +132,11 @@ def operation_health(operation, since, now):
         .order_by("-created_at", "-pk")
         .values_list("status", flat=True)[:3]
     )
-    schedules = enabled_schedules(f"maintenance.{operation.name}")
     succeeded_at = last_success.finished_at if last_success else None
-    next_due = _next_due(schedules, succeeded_at, now)
+    schedules, dues, unevaluable = _schedule_dues(
+        f"maintenance.{operation.name}", succeeded_at, now
+    )
+    next_due = _earliest(dues)
     grace = timedelta(hours=settings.MAINTENANCE_OVERDUE_GRACE_HOURS)
     overdue = next_due is not None and now > next_due + grace
 
@@ -85,11 +146,14 @@ def operation_health(operation, since, now):
         status = CRITICAL if repeated else WARNING
         failed = real.filter(status=Status.FAILED).order_by("-created_at", "-pk").first()
         times = "the last 3 runs failed" if repeated else f"run #{failed.pk} failed"
-        problems.append(f"{times}: {failed.error}")
+        problems.append(f"{times}: {one_line(failed.error, 1000)}")
     if overdue:
-        status = status if status == CRITICAL else WARNING
+        status = worst_status([status, WARNING])
         last_text = f"last success {_iso(succeeded_at)}" if succeeded_at else "never succeeded"
         problems.append(f"overdue: due by {_iso(next_due)} ({last_text})")
+    if unevaluable:
+        status = worst_status([status, UNKNOWN])
+        problems.extend(unevaluable)
     if problems:
         detail = "; ".join(problems)
     elif not schedules:
@@ -104,7 +168,7 @@ def operation_health(operation, since, now):
         "last_success_at": _iso(succeeded_at),
         "runs_in_period": runs.filter(created_at__gte=since).count(),
         "failures_in_period": runs.filter(created_at__gte=since, status=Status.FAILED).count(),
-        "schedules": [periodic_task.name for periodic_task in schedules],
+        "schedules": schedules,
         "next_due_at": _iso(next_due),
         "overdue": overdue,
         "status": status,
@@ -124,22 +188,24 @@ def heartbeat_check(now):
     age = int((now - last.seen_at).total_seconds())
     if heartbeat.is_stale(last, now):
         detail = (
-            f"last heartbeat {age}s ago from {last.hostname} (limit {limit}s): "
+            f"last heartbeat {age}s ago from {one_line(last.hostname, 255)} (limit {limit}s): "
             "beat or the worker is down"
         )
         return Check("heartbeat", CRITICAL, detail), last
-    return Check("heartbeat", OK, f"{age}s ago from {last.hostname}"), last
+    return Check("heartbeat", OK, f"{age}s ago from {one_line(last.hostname, 255)}"), last
 
 
 def _archive_params():
     """The archive schedule's own parameters, so 'eligible' means what beat would archive."""
     archive = operations.get("archive_old_scenes")
-    for periodic_task in enabled_schedules("maintenance.archive_old_scenes"):
+    rows = PeriodicTask.objects.filter(task="maintenance.archive_old_scenes", enabled=True)
+    for kwargs in rows.order_by("name").values_list("kwargs", flat=True):
         try:
-            params, _, _ = archive.clean(json.loads(periodic_task.kwargs or "{}"))
-            return params
-        except ValueError:
-            continue
+            raw = json.loads(kwargs or "{}")
+            if isinstance(raw, dict):
+                return archive.clean(raw)[0]
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            continue  # bad kwargs: beat cannot run that schedule either
     return archive.clean({})[0]
 
 
@@ -165,27 +231,51 @@ def data_counts(since, now):
     return characters, chronicles, scenes
 
 
+MAX_CHAIN = 1000  # a resume chain longer than this is bad data, not history
+
+
+def resume_chain(run: MaintenanceRun) -> list[int]:
+    """The ids of `run` and the failed runs it resumed from, newest first. A resumed run
+    continues from its source's checkpoint, so the source's findings are part of it."""
+    ids, current = [], run.pk
+    while current is not None and current not in ids and len(ids) < MAX_CHAIN:
+        ids.append(current)
+        current = (
+            MaintenanceRun.objects.filter(pk=current)
+            .values_list("resumed_from_id", flat=True)
+            .first()
+        )
+    return ids
+
+
 def open_findings():
-    """Unfixed findings of the latest completed validation (what is wrong right now)."""
+    """Unfixed findings of the latest completed validation (what is wrong right now),
+    counting the whole resume chain: the findings the failed attempts recorded before
+    it resumed them. A problem recorded by two attempts is counted once."""
     latest = (
         MaintenanceRun.objects.filter(
             operation="validate_data_integrity", status=Status.SUCCEEDED, dry_run=False
         )
-        .order_by("-finished_at")
+        .order_by("-finished_at", "-pk")
         .first()
     )
     if latest is None:
-        return {"open": None, "by_rule": {}, "run_id": None, "checked_at": None}
-    by_rule = dict(
-        latest.finding_set.filter(fixed=False)
-        .values_list("rule")
-        .annotate(n=Count("id"))
-        .order_by("rule")
+        return {"open": None, "by_rule": {}, "run_id": None, "run_ids": [], "checked_at": None}
+    run_ids = resume_chain(latest)
+    distinct = (
+        Finding.objects.filter(run_id__in=run_ids, fixed=False)
+        .values_list("rule", "model", "object_id")
+        .order_by()  # the default ordering would join the DISTINCT and defeat it
+        .distinct()
     )
+    by_rule: dict[str, int] = {}
+    for rule, _, _ in distinct.iterator():
+        by_rule[rule] = by_rule.get(rule, 0) + 1
     return {
         "open": sum(by_rule.values()),
-        "by_rule": by_rule,
+        "by_rule": dict(sorted(by_rule.items())),
         "run_id": latest.pk,
+        "run_ids": run_ids,
         "checked_at": _iso(latest.finished_at),
     }
 
@@ -209,7 +299,7 @@ def collect(period_hours, now=None):
         "operations": per_operation,
         "heartbeat": {
             "seen_at": _iso(last_beat.seen_at) if last_beat else None,
-            "hostname": last_beat.hostname if last_beat else None,
+            "hostname": one_line(last_beat.hostname, 255) if last_beat else None,
         },
         "characters": characters,
         "chronicles": chronicles,

@@ -1,7 +1,9 @@
 """manage.py monitor_validation [--json] [--period HOURS]: health for alerting.
 
 Exit codes follow the Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, and 3
-UNKNOWN when the health cannot be determined (bad usage, database unreachable)."""
+UNKNOWN when the health cannot be determined (bad usage, database unreachable, a
+schedule that cannot be evaluated). CRITICAL outranks UNKNOWN. Whatever goes wrong, the
+output is one line, never a traceback."""
 
 import argparse
 import json
@@ -12,9 +14,18 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError
 
 from maintenance.cli import OneLineErrorsCommand
-from maintenance.monitoring import CRITICAL, OK, SEVERITY, WARNING, collect
+from maintenance.monitoring import (
+    CRITICAL,
+    OK,
+    SEVERITY,
+    UNKNOWN,
+    WARNING,
+    collect,
+    error_line,
+    exit_code,
+)
 
-UNKNOWN = 3
+EXIT_UNKNOWN = SEVERITY[UNKNOWN]
 
 
 def _period(text):
@@ -30,7 +41,7 @@ def _period(text):
 class Command(OneLineErrorsCommand):
     help = "Report the health of the maintenance jobs for alerting (Nagios exit codes)."
 
-    usage_exit_code = UNKNOWN
+    usage_exit_code = EXIT_UNKNOWN
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
@@ -42,24 +53,42 @@ class Command(OneLineErrorsCommand):
             help="Count runs, failures and changes over the last HOURS (default 24).",
         )
 
+    def execute(self, *args, **options):
+        # System checks and the database connection run before handle(): an error
+        # there (say a DATABASE_URL naming a backend that is not installed) is UNKNOWN.
+        try:
+            return super().execute(*args, **options)
+        except (CommandError, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            raise CommandError(
+                f"UNKNOWN: cannot determine the health: {error_line(error)}",
+                returncode=EXIT_UNKNOWN,
+            ) from None
+
     def handle(self, *args, **options):
         try:
             report = collect(options["period"])
         except DatabaseError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise CommandError(
-                f"UNKNOWN: cannot read the database: {first_line}", returncode=UNKNOWN
+                f"UNKNOWN: cannot read the database: {error_line(error)}",
+                returncode=EXIT_UNKNOWN,
             ) from None
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
         else:
             self._print(report)
-        code = SEVERITY[report["health"]]
+        code = exit_code(report["health"])
         if code:
             sys.exit(code)
 
     def _print(self, report):
-        style = {OK: self.style.SUCCESS, WARNING: self.style.WARNING, CRITICAL: self.style.ERROR}
+        style = {
+            OK: self.style.SUCCESS,
+            WARNING: self.style.WARNING,
+            CRITICAL: self.style.ERROR,
+            UNKNOWN: self.style.ERROR,
+        }
         self.stdout.write(style[report["health"]](f"MAINTENANCE {report['health']}"))
         self.stdout.write(f"at {report['timestamp']}, period {report['period_hours']}h")
         for check in report["checks"]:
@@ -86,4 +115,7 @@ class Command(OneLineErrorsCommand):
         if f["open"] is None:
             self.stdout.write("Findings: no validation has completed yet")
         else:
-            self.stdout.write(f"Findings: {f['open']:,} open after run #{f['run_id']}")
+            runs = ", ".join(f"#{run_id}" for run_id in f["run_ids"])
+            self.stdout.write(
+                f"Findings: {f['open']:,} open after run #{f['run_id']} (runs {runs})"
+            )
