@@ -12,6 +12,7 @@ from django.utils import timezone
 from chronicles.models import Scene
 from maintenance import operations
 from maintenance.models import MaintenanceRun
+from maintenance.transfer.format import header_line
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -188,3 +189,27 @@ def test_a_run_past_its_lease_is_reported_as_taken_over(old_scenes, settings):
     dead.refresh_from_db()
     assert summary["status"] == "succeeded"
     assert dead.status == "failed" and "taken over" in dead.error
+
+
+def test_a_relative_path_is_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
+    (tmp_path / "chars.jsonl").write_text(header_line() + "\n")
+    monkeypatch.chdir(tmp_path)
+
+    for args in (
+        ("run_maintenance", "import_characters", "--inline", "--dry-run", "--path", "chars.jsonl"),
+        ("import_characters", "chars.jsonl", "--dry-run"),
+    ):
+        call_command(*args, stdout=StringIO(), stderr=StringIO())
+
+    paths = list(MaintenanceRun.objects.values_list("params__path", flat=True))
+    assert paths == [str(tmp_path / "chars.jsonl")] * 2
+
+
+def test_an_unknown_relative_path_is_refused_naming_its_absolute_form(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    error = failing("import_characters", "--inline", "--path", "missing\x1b.jsonl")
+
+    assert error.returncode == 2
+    assert str(tmp_path / "missing") in str(error) and "\x1b" not in str(error)
+    assert not MaintenanceRun.objects.exists()
