@@ -18,6 +18,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 from hypothesis import HealthCheck, given, settings
@@ -25,9 +26,12 @@ from hypothesis import strategies as st
 
 from chronicles.models import Character, Chronicle, Post, Scene, XPEntry
 from maintenance.models import MaintenanceRun
+from maintenance.operations.import_characters import ImportCharacters, _Batch
 from maintenance.runner import execute
 from maintenance.runs import create_run
+from maintenance.transfer import index
 from maintenance.transfer.format import header_line
+from maintenance.transfer.reader import read_lines
 
 pytestmark = pytest.mark.django_db
 HYPOTHESIS = settings(
@@ -412,6 +416,7 @@ import json, resource, sys
 import django
 django.setup()
 from django.core.management import call_command
+from django.db import transaction
 from maintenance.operations.import_characters import ImportCharacters
 from maintenance.transfer import index
 from maintenance.transfer.reader import check_file, file_identity
@@ -511,3 +516,38 @@ def test_memory_stays_flat_up_to_the_size_limit(tmp_path, make, steps):
         measured = json.loads(done.stdout.strip().splitlines()[-1])
         assert measured["maxrss_kb"] < 150 * 1024, (what, measured)
         assert measured["checkpoint"] < 1000, (what, measured)
+
+
+# --- defence in depth: a batch the database still refuses --------------------------------
+
+
+@settings(HYPOTHESIS, max_examples=15)
+@given(
+    records=st.lists(good_record(), min_size=2, max_size=6, unique_by=lambda r: r["external_id"]),
+    taken=st.data(),
+)
+def test_a_batch_the_database_refuses_is_written_line_by_line(tmp_path_factory, records, taken):
+    """Another writer creates some of the file's characters between this batch's checks
+    and its write (a real unique violation): those lines become findings, the rest import."""
+    wipe_game_data()
+    path = tmp_path_factory.mktemp("race") / "characters.jsonl"
+    write_lines(path, records)
+    racing = taken.draw(st.sets(st.sampled_from(range(len(records))), min_size=1))
+    operation = ImportCharacters()
+    params = {"path": str(path), "create_owners": True, "create_chronicles": True}
+    context = operation.prepare(params, None)
+
+    with transaction.atomic():
+        batch = _Batch(params, index.ensure(str(path), context["start"], context["file"]))
+        lines = read_lines(str(path), context["start"], 2, len(records)).lines
+        batch.read(lines)
+        batch.resolve()
+        for n in racing:  # the other writer wins the race for these ids
+            Character.objects.create(name="racer", external_id=records[n]["external_id"])
+        created = batch.write()
+
+    refused = {finding.object_id for finding in batch.findings}
+    assert refused == {n + 2 for n in racing}
+    assert all("the database refused it" in f.message for f in batch.findings)
+    assert len(created) == len(records) - len(racing)
+    assert Character.objects.count() == len(records)
