@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -71,8 +71,10 @@ def execute(run, on_batch=None):
         logger.warning("run #%s was taken over by another runner; stopping", run.pk)
     except KeyboardInterrupt:
         with _sigint_held():  # a second Ctrl-C must not leave the run `running`
+            # The signal may land between a batch's commit and the counter's update.
+            committed = _committed_batches(run, runner.committed)
             runner.fail(
-                f"interrupted (data is as of batch {runner.committed}; "
+                f"interrupted (data is as of batch {committed}; "
                 "the next trigger with the same parameters resumes from there)"
             )
         raise
@@ -84,6 +86,15 @@ def execute(run, on_batch=None):
         )
     run.refresh_from_db()
     return run
+
+
+def _committed_batches(run, known):
+    """The run's committed batch count as the database has it (`known` if unreadable)."""
+    try:
+        count = MaintenanceRun.objects.filter(pk=run.pk).values_list("batches", flat=True).first()
+    except DatabaseError:
+        return known
+    return known if count is None else count
 
 
 @contextlib.contextmanager
