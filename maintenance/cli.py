@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -353,6 +354,14 @@ def ascii_int(text: str) -> int:
     if not (stripped.isascii() and stripped.removeprefix("-").isdigit() and len(stripped) < 20):
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
     return int(stripped)
+
+
+def ascii_float(text: str) -> float:
+    """float() for flags: ASCII digits only (float() also takes "١٢", "1_0", "inf")."""
+    stripped = text.strip(" ")
+    if not re.fullmatch(r"-?[0-9]{1,15}(\.[0-9]{1,15})?|-?\.[0-9]{1,15}", stripped, re.ASCII):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return float(stripped)
 
 
 def seconds(text: str) -> float:

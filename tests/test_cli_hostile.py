@@ -111,6 +111,10 @@ def flag_cases():
         ("export_characters", ["--output", os.devnull], "--batch-size", 2),
         ("monitor_validation", [], "--period", 3),  # Nagios: 3 UNKNOWN is its usage code
     ]
+    cases += [
+        ("create_test_data", [], flag, 2)
+        for flag in ("--seed", "--chronicles", "--characters", "--scenes", "--defect-rate")
+    ]
     return cases
 
 

@@ -3,21 +3,24 @@
 import argparse
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
 from chronicles.testdata.generator import Options, expected_progress_total, generate
+from maintenance import cli
 
 
 def _moment(value):
-    parsed = parse_datetime(value)
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:  # a well-formed but impossible date, e.g. month 13
+        parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise argparse.ArgumentTypeError(f"expected an ISO date-time with a time zone: {value!r}")
     return parsed
 
 
-class Command(BaseCommand):
+class Command(cli.OneLineErrorsCommand):
     help = (
         "Generate realistic game data (chronicles, characters, XP ledgers, scenes, posts), "
         "deterministic for a --seed, with planted integrity problems at --defect-rate."
@@ -25,25 +28,27 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         defaults = Options()
-        parser.add_argument("--seed", type=int, default=defaults.seed, help="Random seed.")
-        parser.add_argument("--chronicles", type=int, default=defaults.chronicles)
-        parser.add_argument("--characters", type=int, default=defaults.characters)
-        parser.add_argument("--scenes", type=int, default=defaults.scenes)
+        parser.add_argument(
+            "--seed", type=cli.ascii_int, default=defaults.seed, help="Random seed."
+        )
+        parser.add_argument("--chronicles", type=cli.ascii_int, default=defaults.chronicles)
+        parser.add_argument("--characters", type=cli.ascii_int, default=defaults.characters)
+        parser.add_argument("--scenes", type=cli.ascii_int, default=defaults.scenes)
         parser.add_argument(
             "--posts-per-scene",
-            type=float,
+            type=cli.ascii_float,
             default=defaults.posts_per_scene,
             help="Average number of posts per scene.",
         )
         parser.add_argument(
             "--ledger-entries",
-            type=float,
+            type=cli.ascii_float,
             default=defaults.ledger_entries,
             help="Average number of XP ledger entries per character.",
         )
         parser.add_argument(
             "--defect-rate",
-            type=float,
+            type=cli.ascii_float,
             default=defaults.defect_rate,
             help="Share of rows given a planted integrity problem, per rule (0 = clean data).",
         )
@@ -66,9 +71,9 @@ class Command(BaseCommand):
         )
         problems = generator_options.errors()
         if problems:
-            raise CommandError("; ".join(problems), returncode=2)
+            raise cli.usage_error("; ".join(problems))
 
-        show_bar = sys.stderr.isatty() and options["verbosity"] > 0
+        show_bar = cli.is_terminal(sys.stderr) and options["verbosity"] > 0
         with tqdm(
             total=expected_progress_total(generator_options),
             unit=" objects",
