@@ -94,6 +94,23 @@ def sigint_held():
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C until the block is done, then raise it: for steps that must not be
+    cut in half (record a run and publish it). Main thread only, as signals are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _reopen_closed_fds() -> None:
     """Put /dev/null on a closed fd 0, 1 or 2 and give Python a stream for it.
 

@@ -7,6 +7,7 @@ from celery import current_app
 from kombu.utils.url import maybe_sanitize_url
 
 from maintenance import oneline, operations
+from maintenance.cli import sigint_deferred
 from maintenance.models import MaintenanceRun
 from maintenance.runs import create_run
 from maintenance.tasks import OPERATION_TASKS
@@ -88,6 +89,7 @@ def start(operation_name: str, raw_params: dict, **origin) -> MaintenanceRun:
     ParameterError (nothing written) or BrokerUnavailable (nothing, or a failed run)."""
     operations.get(operation_name).clean(raw_params)
     check_broker()
-    run = create_run(operation_name, raw_params, celery_task_id=str(uuid.uuid4()), **origin)
-    enqueue(run)
+    with sigint_deferred():  # recorded means published or failed, never just queued
+        run = create_run(operation_name, raw_params, celery_task_id=str(uuid.uuid4()), **origin)
+        enqueue(run)
     return run

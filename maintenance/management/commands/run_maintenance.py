@@ -98,13 +98,14 @@ class Command(cli.OneLineErrorsCommand):
             )
         except ParameterError as error:  # e.g. a chronicle deleted since the check
             raise cli.usage_error(f"{operation.name}: {error}") from None
+        if inline:  # from here on, however this process stops, the run ends
+            self.own_runs.append(run.pk)
 
         progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
         try:
             if ask:
                 return self._preview_then_apply(run, raw, origin, progress, options)
             if inline:
-                self.own_runs.append(run.pk)
                 return execute(run, on_batch=progress.batch)
             if not options["wait"]:
                 return run
@@ -125,7 +126,6 @@ class Command(cli.OneLineErrorsCommand):
 
     def _preview_then_apply(self, run, raw, origin, progress, options):
         # The recorded run becomes the preview (a dry run); the fix is a run of its own.
-        self.own_runs.append(run.pk)
         MaintenanceRun.objects.filter(pk=run.pk).update(dry_run=True)
         run.refresh_from_db()
         preview = execute(run, on_batch=progress.batch)
