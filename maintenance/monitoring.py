@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -256,7 +256,7 @@ def open_findings():
         MaintenanceRun.objects.filter(
             operation="validate_data_integrity", status=Status.SUCCEEDED, dry_run=False
         )
-        .order_by("-finished_at", "-pk")
+        .order_by(F("finished_at").desc(nulls_last=True), "-pk")
         .first()
     )
     if latest is None:

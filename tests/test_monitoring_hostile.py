@@ -35,7 +35,7 @@ from maintenance.monitoring import DETAIL_LIMIT, collect
 
 pytestmark = pytest.mark.django_db
 HYPOTHESIS = settings(
-    max_examples=60,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=os.environ.get("CI") == "true",
