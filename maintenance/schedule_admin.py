@@ -4,6 +4,7 @@ an admin-triggered run with the schedule's kwargs and name, and creating, changi
 enabling or running a maintenance schedule needs the start_maintenancerun permission.
 Every change made here is remembered, so a run that beat starts names who made it."""
 
+from celery import current_app
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -64,15 +65,21 @@ class MaintenanceScheduleForm(PeriodicTaskForm):
         self.cleaned_data.setdefault("task", "")
         data = super().clean()
         self._check_permission(data)
-        name = operation_name(data.get("task"))
-        if name is None or "kwargs" in self.errors or "args" in self.errors:
+        task = data.get("task")
+        if not is_maintenance(task) or "kwargs" in self.errors or "args" in self.errors:
+            return data
+        name = operation_name(task)
+        if name is None and task not in current_app.tasks:
+            # Beat would send it and no worker would know it: an unrecorded failure.
+            self.add_error("task", f"No maintenance task is called {task}.")
             return data
         args, kwargs = schedule_arguments(data.get("args"), data.get("kwargs"))
-        try:
-            screen(kwargs)
-            operations.get(name).clean(kwargs)
-        except (ParameterError, TypeError) as error:
-            self.add_error("kwargs", cut_error(f"Invalid kwargs for {name}: {error}"))
+        if name is not None:
+            try:
+                screen(kwargs)
+                operations.get(name).clean(kwargs)
+            except (ParameterError, TypeError) as error:
+                self.add_error("kwargs", cut_error(f"Invalid kwargs for {name}: {error}"))
         if args:
             self.add_error("args", "Maintenance tasks take keyword arguments only; use kwargs.")
         return data
