@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from celery import current_app
 from django.conf import settings
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import load_backend
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
@@ -24,6 +26,7 @@ from maintenance import heartbeat
 
 DEADLINE_S = 0.6  # the whole answer; compose's healthcheck allows a few seconds
 SOCKET_TIMEOUT_S = 0.5  # bounds how long a stuck check thread lives after the deadline
+DATABASE_CONNECT_TIMEOUT_S = 2  # libpq's smallest effective connect_timeout
 WORKER_PING_TIMEOUT_S = 0.35  # how long to wait for workers' replies, within DEADLINE_S
 DETAIL_LIMIT = 300
 
@@ -56,22 +59,40 @@ def _bounded_connection(url: str) -> Connection:
     return Connection(url, connect_timeout=SOCKET_TIMEOUT_S, transport_options=timeouts)
 
 
+def _bounded_database_connection() -> BaseDatabaseWrapper:
+    """This thread's own connection to the default database, with short timeouts so a
+    hanging database cannot keep the check thread alive for long."""
+    settings_dict = {**connections.settings[DEFAULT_DB_ALIAS]}
+    options = {**settings_dict.get("OPTIONS", {})}
+    if settings_dict["ENGINE"].endswith("postgresql"):
+        options["connect_timeout"] = DATABASE_CONNECT_TIMEOUT_S
+        timeout_ms = round(SOCKET_TIMEOUT_S * 1000)
+        options["options"] = f"{options.get('options', '')} -c statement_timeout={timeout_ms}"
+    elif settings_dict["ENGINE"].endswith("sqlite3"):
+        options["timeout"] = SOCKET_TIMEOUT_S  # waiting for a lock
+    settings_dict["OPTIONS"] = options
+    backend = load_backend(settings_dict["ENGINE"])
+    return backend.DatabaseWrapper(settings_dict, DEFAULT_DB_ALIAS)
+
+
 def _closing_database_connections(check: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
-    """A check thread opens its own database connection: close it when done, or every
-    health request would leave one open."""
+    """A check thread uses its own bounded database connection (connections are per
+    thread) and closes it when done, or every health request would leave one open."""
 
     def run(*args: object) -> CheckResult:
+        connections[DEFAULT_DB_ALIAS] = _bounded_database_connection()
         try:
             return check(*args)
         finally:
-            connections.close_all()
+            connections[DEFAULT_DB_ALIAS].close()
+            del connections[DEFAULT_DB_ALIAS]
 
     return run
 
 
 @_closing_database_connections
 def _database() -> CheckResult:
-    connection = connections["default"]
+    connection = connections[DEFAULT_DB_ALIAS]
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return True, connection.vendor
