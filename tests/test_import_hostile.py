@@ -12,15 +12,17 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from io import StringIO
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -332,15 +334,36 @@ class Stop(Exception):
     """Raised after the first committed batch: the run fails mid-file, for real."""
 
 
-def fail_after_first_batch(path, batch_size):
-    def stop(report):
-        raise Stop("the caller died")
+def fail_after_first_batch(path, batch_size, redeliver=False):
+    """A run stopped after its first committed batch: failed (the next trigger resumes
+    it), or, with `redeliver`, left running with an expired lease as a killed worker
+    leaves it (the broker delivers the same run again)."""
+    stop_with = KeyboardInterrupt if redeliver else Stop
 
-    run = execute(
-        create_run("import_characters", _params(path, batch_size), trigger="cli"), on_batch=stop
-    )
-    assert run.status == "failed" and run.checkpoint["position"] is not None
+    def stop(report):
+        raise stop_with("the caller died")
+
+    run = create_run("import_characters", _params(path, batch_size), trigger="cli")
+    try:
+        execute(run, on_batch=stop)
+    except KeyboardInterrupt:
+        lease = django_settings.MAINTENANCE_LEASE_SECONDS + 1
+        MaintenanceRun.objects.filter(pk=run.pk).update(
+            status="running",
+            lease_token="dead-worker",
+            heartbeat_at=timezone.now() - timedelta(seconds=lease),
+        )
+    run.refresh_from_db()
+    assert run.status == ("running" if redeliver else "failed")
+    assert run.checkpoint["position"] is not None
     return run
+
+
+def again(run, path, batch_size, redeliver):
+    """The next attempt: the same run redelivered, or a new trigger."""
+    if redeliver:
+        return execute(run)
+    return execute(create_run("import_characters", _params(path, batch_size), trigger="cli"))
 
 
 def _params(path, batch_size):
@@ -363,14 +386,15 @@ def write_lines(path, records):
     same_size=st.booleans(),
     same_mtime=st.booleans(),
     batch_size=st.integers(1, 2),
+    redeliver=st.booleans(),
 )
 def test_a_failed_import_resumes_only_onto_the_same_file(
-    tmp_path_factory, first, second, same_size, same_mtime, batch_size
+    tmp_path_factory, first, second, same_size, same_mtime, batch_size, redeliver
 ):
     wipe_game_data()
     path = tmp_path_factory.mktemp("identity") / "characters.jsonl"
     write_lines(path, first)
-    fail_after_first_batch(path, batch_size)
+    stopped = fail_after_first_batch(path, batch_size, redeliver)
     stat = os.stat(path)
     if same_size:  # same bytes count, other content: the first file with one name changed
         second = [{**first[0], "external_id": str(uuid.uuid4())}, *first[1:]]
@@ -379,10 +403,12 @@ def test_a_failed_import_resumes_only_onto_the_same_file(
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert not same_size or os.path.getsize(path) == stat.st_size
 
-    fresh = execute(create_run("import_characters", _params(path, batch_size), trigger="cli"))
+    counted = stopped.processed  # execute() refreshes the same object
+    fresh = again(stopped, path, batch_size, redeliver)
 
     assert fresh.status == "succeeded" and fresh.resumed_from_id is None
-    assert fresh.processed == len(second)  # from line 2, not from the old checkpoint
+    # from line 2, not from the old checkpoint (a redelivered run keeps its own count)
+    assert fresh.processed == len(second) + (counted if redeliver else 0)
     imported = set(map(str, Character.objects.values_list("external_id", flat=True)))
     assert {r["external_id"] for r in second} <= imported
     assert len(json.dumps(fresh.checkpoint)) < 1000
@@ -392,18 +418,23 @@ def test_a_failed_import_resumes_only_onto_the_same_file(
 @given(
     records=st.lists(good_record(), min_size=3, max_size=6, unique_by=lambda r: r["external_id"]),
     batch_size=st.integers(1, 2),
+    redeliver=st.booleans(),
 )
-def test_the_same_unchanged_file_resumes(tmp_path_factory, records, batch_size):
+def test_the_same_unchanged_file_resumes(tmp_path_factory, records, batch_size, redeliver):
     wipe_game_data()
     path = tmp_path_factory.mktemp("identity") / "characters.jsonl"
     write_lines(path, records)
-    failed = fail_after_first_batch(path, batch_size)
-    done_first = failed.processed
+    stopped = fail_after_first_batch(path, batch_size, redeliver)
+    counted = stopped.processed  # execute() refreshes the same object
 
-    resumed = execute(create_run("import_characters", _params(path, batch_size), trigger="cli"))
+    resumed = again(stopped, path, batch_size, redeliver)
 
-    assert resumed.status == "succeeded" and resumed.resumed_from_id == failed.pk
-    assert resumed.processed == len(records) - done_first
+    assert resumed.status == "succeeded"
+    if redeliver:
+        assert resumed.pk == stopped.pk and resumed.processed == len(records)
+    else:
+        assert resumed.resumed_from_id == stopped.pk
+        assert resumed.processed == len(records) - counted
     assert Character.objects.count() == len(records)
 
 
