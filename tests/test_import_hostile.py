@@ -7,10 +7,14 @@ good lines import, and export, re-import and the admin still work. (b) A failed 
 resumes only onto the same file. (c) Memory stays flat for files up to the size limit.
 """
 
+import contextlib
+import glob
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from datetime import datetime, timedelta
 from io import StringIO
@@ -251,6 +255,18 @@ def hostile_file(draw):
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_index_left_behind():
+    """The runs these tests leave failed keep their duplicate index for a resume; remove
+    the ones made here."""
+    started = time.time()
+    yield
+    for made in glob.glob(os.path.join(tempfile.gettempdir(), f"{index.PREFIX}*.sqlite3")):
+        with contextlib.suppress(OSError):
+            if os.path.getmtime(made) >= started:
+                os.remove(made)
 
 
 def wipe_game_data():

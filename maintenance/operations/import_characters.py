@@ -13,6 +13,7 @@ with a disk-backed index (maintenance.transfer.index), so memory and the checkpo
 stay small however many lines the file has.
 """
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DataError, IntegrityError, transaction
 
@@ -88,6 +89,7 @@ class ImportCharacters(Operation):
     def prepare(self, params, now):
         start = check_file(params["path"])
         identity = file_identity(params["path"])
+        index.sweep(settings.MAINTENANCE_RESUME_WINDOW_HOURS * 3600)
         index.ensure(params["path"], start, identity)
         return {"start": start, "file": identity}
 

@@ -4,9 +4,11 @@ content hash and start offset: a resumed run, in any process on this host, reuse
 builds it again from the (unchanged) file."""
 
 import contextlib
+import glob
 import os
 import sqlite3
 import tempfile
+import time
 import uuid
 
 from maintenance.transfer.format import LineError, load_record
@@ -35,9 +37,22 @@ def record_key(raw) -> bytes | None:
     return id_key(record.get("external_id"))
 
 
+PREFIX = "tg-maintenance-import-"
+
+
 def index_path(identity: dict, offset: int) -> str:
-    name = f"tg-maintenance-import-{identity['sha256'][:40]}-{offset}.sqlite3"
+    name = f"{PREFIX}{identity['sha256'][:40]}-{offset}.sqlite3"
     return os.path.join(tempfile.gettempdir(), name)
+
+
+def sweep(older_than_seconds: float) -> None:
+    """Remove indexes no run can resume any more (a failed run older than the resume
+    window); a finished run removes its own."""
+    cutoff = time.time() - older_than_seconds
+    for stale in glob.glob(os.path.join(tempfile.gettempdir(), f"{PREFIX}*.sqlite3")):
+        with contextlib.suppress(OSError):
+            if os.path.getmtime(stale) < cutoff:
+                os.remove(stale)
 
 
 def ensure(path: str, offset: int, identity: dict) -> str:
@@ -57,7 +72,8 @@ def first_lines(index: str, keys) -> dict:
     """{id key: the first line holding it} for `keys`."""
     keys = list(set(keys))
     found = {}
-    with contextlib.closing(sqlite3.connect(index)) as db:
+    # read-only: a missing index is an error, never silently an empty one
+    with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
         for start in range(0, len(keys), CHUNK):
             part = keys[start : start + CHUNK]
             marks = ",".join("?" * len(part))
