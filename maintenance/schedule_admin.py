@@ -21,6 +21,7 @@ from maintenance.runs import cut_error, record_rejected, screen
 from maintenance.schedules import (
     MAINTENANCE_PREFIX,
     ScheduleArgumentsError,
+    load_json,
     record_change,
     schedule_arguments,
 )
@@ -59,6 +60,14 @@ class MaintenanceScheduleForm(PeriodicTaskForm):
         except ScheduleArgumentsError as error:
             raise forms.ValidationError(str(error)) from None
         return value
+
+    def clean_headers(self):
+        # Beat reads headers as a JSON object too; the parent does not check them.
+        try:
+            load_json(self.cleaned_data.get("headers") or "{}", "headers", dict)
+        except ScheduleArgumentsError as error:
+            raise forms.ValidationError(str(error)) from None
+        return self.cleaned_data.get("headers")
 
     def clean(self):
         # The parent reads cleaned_data["task"], which a refused task field lacks.

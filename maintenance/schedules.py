@@ -108,7 +108,7 @@ class ScheduleArgumentsError(ValueError):
     """A schedule's args or kwargs text that a maintenance task cannot take."""
 
 
-def _load(text: str, what: str, kind: type):
+def load_json(text: str, what: str, kind: type):
     try:
         value = json.loads(text)
     except RecursionError:
@@ -125,8 +125,8 @@ def _load(text: str, what: str, kind: type):
 
 def schedule_arguments(args_text: str | None, kwargs_text: str | None) -> tuple[list, dict]:
     """The (args, kwargs) a schedule's text stands for, or ScheduleArgumentsError."""
-    args = _load(args_text or "[]", "args", list)
-    kwargs = _load(kwargs_text or "{}", "kwargs", dict)
+    args = load_json(args_text or "[]", "args", list)
+    kwargs = load_json(kwargs_text or "{}", "kwargs", dict)
     return args, kwargs
 
 
@@ -154,11 +154,12 @@ class MaintenanceEntry(ModelEntry):
         if (model.task or "").startswith(MAINTENANCE_PREFIX):
             try:
                 schedule_arguments(model.args, model.kwargs)
+                load_json(model.headers or "{}", "headers", dict)
             except ScheduleArgumentsError as error:
                 problem = str(error)
                 # The parent parses a copy with empty arguments; the row keeps its text.
                 model = copy.copy(model)
-                model.args, model.kwargs = "[]", "{}"
+                model.args, model.kwargs, model.headers = "[]", "{}", "{}"
         self.model = given  # for _disable, which the parent may call while it reads
         super().__init__(model, app=app)
         self.model = given

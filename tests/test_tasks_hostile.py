@@ -114,14 +114,15 @@ stored_text = st.one_of(
 )
 
 
-def usable(operation: str, args_text: str, kwargs_text: str) -> bool:
+def usable(operation: str, args_text: str, kwargs_text: str, headers_text: str) -> bool:
     """Whether the texts happen to be a valid schedule (then a run would really start)."""
     try:
         args, kwargs = json.loads(args_text or "[]"), json.loads(kwargs_text or "{}")
+        headers = json.loads(headers_text or "{}")
         operations.get(operation).clean(kwargs)
     except (ValueError, RecursionError, TypeError):
         return False
-    return args == [] and isinstance(kwargs, dict)
+    return args == [] and isinstance(kwargs, dict) and isinstance(headers, dict)
 
 
 @settings(HYPOTHESIS, max_examples=ENTRY_EXAMPLES)
@@ -129,11 +130,12 @@ def usable(operation: str, args_text: str, kwargs_text: str) -> bool:
     operation=st.sampled_from(NAMES),
     args_text=st.one_of(st.just("[]"), st.just(""), stored_text),
     kwargs_text=stored_text,
+    headers_text=st.one_of(st.just("{}"), stored_text.filter(bool)),  # the column is NOT NULL
 )
 def test_a_schedule_with_hostile_text_is_one_failed_run_not_a_disabled_schedule(
-    data, operation, args_text, kwargs_text
+    data, operation, args_text, kwargs_text, headers_text
 ):
-    assume(not usable(operation, args_text, kwargs_text))
+    assume(not usable(operation, args_text, kwargs_text, headers_text))
     every_minute, _ = IntervalSchedule.objects.get_or_create(every=60, period="seconds")
     schedule = PeriodicTask.objects.create(
         name="hostile schedule",
@@ -141,6 +143,7 @@ def test_a_schedule_with_hostile_text_is_one_failed_run_not_a_disabled_schedule(
         interval=every_minute,
         args=args_text,
         kwargs=kwargs_text,
+        headers=headers_text,
     )
     before = list(MaintenanceRun.objects.values_list("pk", flat=True))
 
