@@ -4,6 +4,7 @@ Ctrl-C, closed or broken standard streams, and progress display."""
 
 import argparse
 import contextlib
+import gc
 import getpass
 import logging
 import os
@@ -55,6 +56,9 @@ def is_terminal(stream) -> bool:
         return False
 
 
+SETTLE_ATTEMPTS = 6  # about 3 s of retries in all
+
+
 def settle(run_ids, reason: str) -> None:
     """Record this process's own unfinished runs as failed with `reason`, so none is ever
     left queued or running by a command that stops early (Ctrl-C, a broken stream)."""
@@ -64,7 +68,10 @@ def settle(run_ids, reason: str) -> None:
     unfinished = (MaintenanceRun.Status.QUEUED, MaintenanceRun.Status.RUNNING)
 
     def record():
-        MaintenanceRun.objects.filter(pk__in=ids, status__in=unfinished).update(
+        mine = MaintenanceRun.objects.filter(pk__in=ids, status__in=unfinished)
+        if not mine.exists():  # a read first: the runner has usually recorded it already
+            return
+        mine.update(
             status=MaintenanceRun.Status.FAILED,
             finished_at=timezone.now(),
             lease_token="",
@@ -72,13 +79,24 @@ def settle(run_ids, reason: str) -> None:
         )
 
     with sigint_held():
-        try:
-            record()
-        except DatabaseError:
-            if connection.in_atomic_block:
-                raise
-            connection.close()  # an interrupted query can leave the connection unusable
-            record()
+        if not connection.in_atomic_block:
+            # The interrupt may have cut a statement or transaction in half (even Django's
+            # own bookkeeping of it). Roll it back, or SQLite keeps its lock past close().
+            if connection.connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.connection.rollback()
+            connection.close()
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                record()
+                return
+            except DatabaseError:
+                if connection.in_atomic_block or attempt == SETTLE_ATTEMPTS - 1:
+                    raise
+                # An interrupted query can leave the connection unusable, and SQLite may
+                # be busy with another writer: reconnect and try again shortly.
+                connection.close()
+                time.sleep(0.1 * 2**attempt)
 
 
 @contextlib.contextmanager
@@ -233,11 +251,19 @@ class OneLineErrorsCommand(BaseCommand):
         super().__init__(*args, **kwargs)
         self.own_runs: list[int] = []
         self.show_traceback = False
+        self.verbosity = 1
 
     def execute(self, *args, **options):
-        self.show_traceback = bool(options.get("traceback")) or options.get("verbosity", 1) >= 3
-        with console_logs(options.get("verbosity", 1)):
-            return super().execute(*args, **options)
+        self.verbosity = options.get("verbosity", 1)
+        self.show_traceback = bool(options.get("traceback")) or self.verbosity >= 3
+        try:
+            with console_logs(options.get("verbosity", 1)):
+                return super().execute(*args, **options)
+        except CommandError as failure:
+            # Whoever raised it, what it quotes stays on one line (escaping is idempotent).
+            raise CommandError(
+                escape(str(failure).strip()), returncode=failure.returncode
+            ) from None
 
     def run_from_argv(self, argv):
         _reopen_closed_fds()
@@ -248,25 +274,35 @@ class OneLineErrorsCommand(BaseCommand):
             finally:
                 sys.stdout.flush()  # here, not at exit: a broken pipe is caught below
         except KeyboardInterrupt:
-            self._stop(EXIT_INTERRUPTED, "interrupted")
+            stop = (EXIT_INTERRUPTED, "interrupted", True)
         except BrokenPipeError:
             _silence_stdout()
-            self._stop(EXIT_BROKEN_PIPE, "output closed by its reader", say=False)
+            stop = (EXIT_BROKEN_PIPE, "output closed by its reader", False)
         except Exception as failure:  # CommandError never gets here: Django handles it
-            logger.error("%s failed", argv[1:2], exc_info=True)
+            with console_logs(self.verbosity):
+                logger.error("%s failed", argv[1:2], exc_info=True)
             if self.show_traceback:
                 with contextlib.suppress(Exception):
                     traceback.print_exc()
-            self._stop(self.failure_exit_code, f"error: {describe(failure)}")
+            stop = (self.failure_exit_code, f"error: {describe(failure)}", True)
+        else:
+            return
+        # Outside the except block, the traceback (and the half-read cursors its frames
+        # hold) is gone: collected, their statements release SQLite's locks.
+        gc.collect()
+        self._stop(*stop)
 
     def _stop(self, code: int, reason: str, say: bool = True):
         ended = ""
         try:
-            settle(self.own_runs, reason)
+            with console_logs(self.verbosity):
+                settle(self.own_runs, reason)
             if self.own_runs:
                 ended = f" (run #{self.own_runs[-1]} recorded as failed)"
-        except Exception:  # the database is gone too: say so, the lease will expire
-            logger.exception("could not record the end of runs %s", self.own_runs)
+        except Exception:  # the database is gone too: say so; the lease will expire
+            with console_logs(self.verbosity):
+                logger.exception("could not record the end of runs %s", self.own_runs)
+            ended = f" (could not record the end of run #{self.own_runs[-1]})"
         if say:
             _say(f"CommandError: {escape(reason)}{ended}")
         sys.exit(code)

@@ -18,7 +18,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from io import StringIO
 from pathlib import Path
 
@@ -167,8 +167,10 @@ class ChildDatabase:
 
     def sql(self, query):
         if self.vendor == "sqlite":
-            with sqlite3.connect(self.url.removeprefix("sqlite:///")) as db:
-                return db.execute(query).fetchall()
+            with closing(sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30)) as db:
+                rows = db.execute(query).fetchall()
+                db.commit()
+                return rows
         with psycopg.connect(self.url, autocommit=True) as db:
             cursor = db.execute(query)
             return cursor.fetchall() if cursor.description else []
@@ -345,7 +347,7 @@ def wait_until_running(child, process, limit=60):
     return False
 
 
-@settings(HYPOTHESIS, max_examples=8)
+@settings(HYPOTHESIS, max_examples=int(os.environ.get("CTRL_C_EXAMPLES", "8")))
 @given(delay=st.floats(min_value=0, max_value=1.5))
 def test_ctrl_c_at_a_random_moment_exits_130_and_leaves_whole_batches(child_db, delay):
     """(c) SIGINT during an inline run that takes a few seconds."""
