@@ -16,4 +16,4 @@ RUN pip install . \
 
 USER app
 EXPOSE 8000
-CMD ["gunicorn", "worker.wsgi:application", "--bind", "0.0.0.0:8000"]
+CMD ["gunicorn", "worker.wsgi:application", "--preload", "--bind", "0.0.0.0:8000"]

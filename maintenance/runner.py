@@ -71,6 +71,7 @@ def execute(run, on_batch=None):
         logger.warning("run #%s was taken over by another runner; stopping", run.pk)
     except KeyboardInterrupt:
         with _sigint_held():  # a second Ctrl-C must not leave the run `running`
+            _reset_interrupted_connection()
             # The signal may land between a batch's commit and the counter's update.
             committed = _committed_batches(run, runner.committed)
             runner.fail(
@@ -112,6 +113,20 @@ def _sigint_held():
 
 def _readable(error):
     return oneline.describe(error)
+
+
+def _reset_interrupted_connection() -> None:
+    """A Ctrl-C can land in the middle of a query, leaving the database connection busy
+    (psycopg: "connection in transaction status ACTIVE"). Drop it; the next query that
+    records the run's end reconnects."""
+    if connection.in_atomic_block:
+        return
+    raw = connection.connection
+    if raw is not None:
+        with contextlib.suppress(Exception):
+            raw.rollback()
+    with contextlib.suppress(Exception):
+        connection.close()
 
 
 def with_retries(action):

@@ -30,6 +30,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kombu import pools as kombu_pools
 
 from chronicles.models import Character
 from maintenance import operations
@@ -595,15 +596,25 @@ def silent_broker(answer_ping=False):
         server.close()
 
 
+def fresh_broker_pools():
+    """Drop every pooled broker connection, so the next publish connects to the broker
+    URL configured now (a closed pool must never be left for later tests)."""
+    kombu_pools.reset()
+    current_app._pool = None
+    current_app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def broker_url(monkeypatch):
     def use(url):
         # Celery reads CELERY_BROKER_URL from the environment before its own setting.
         monkeypatch.setenv("CELERY_BROKER_URL", url)
         monkeypatch.setattr(current_app.conf, "broker_url", url)
-        current_app.pool.force_close_all()
+        fresh_broker_pools()
 
-    return use
+    yield use
+    monkeypatch.undo()
+    fresh_broker_pools()
 
 
 @pytest.mark.django_db

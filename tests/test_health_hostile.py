@@ -28,7 +28,7 @@ from maintenance.models import Heartbeat
 # committed data, so these tests commit (transactional_db).
 pytestmark = pytest.mark.django_db(transaction=True)
 HYPOTHESIS = settings(
-    max_examples=50,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=os.environ.get("CI") == "true",
@@ -208,7 +208,10 @@ def test_a_hanging_broker_is_reported_as_no_answer(brokers, users, client):
     assert elapsed < LIMIT_S
     broker = response.json()["checks"]["broker"]
     assert broker["ok"] is False
-    assert "no answer within" in broker["detail"] or "imeout" in broker["detail"]
+    # A silent broker: this request's check timed out, or an earlier one still hangs.
+    assert any(
+        text in broker["detail"] for text in ("no answer within", "imeout", "has not answered yet")
+    )
     wait_for_stuck_checks()
 
 

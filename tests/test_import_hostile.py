@@ -306,7 +306,7 @@ def admin_answers(ids):
 # --- (a) per-line hostility -------------------------------------------------------------
 
 
-@settings(HYPOTHESIS, max_examples=50)
+@settings(HYPOTHESIS, max_examples=30)
 @given(entries=hostile_file(), batch_size=st.integers(1, 7))
 def test_every_hostile_line_is_a_finding_and_the_good_ones_import(
     tmp_path_factory, entries, batch_size
