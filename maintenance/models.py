@@ -5,14 +5,11 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from maintenance.engine import states
+
 
 class MaintenanceRun(models.Model):
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        SKIPPED = "skipped"
+    Status = states.Status
 
     class Trigger(models.TextChoices):
         CLI = "cli", "command line"
@@ -20,10 +17,12 @@ class MaintenanceRun(models.Model):
         ADMIN = "admin", "admin"
         API = "api", "task sent directly"
 
-    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED)
+    FINISHED = states.FINISHED
+    ACTIVE = states.ACTIVE
 
     operation = models.CharField(max_length=64, db_index=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # Written only by the transitions of maintenance/engine/states.py.
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
     periodic_task_name = models.CharField(max_length=200, blank=True)
     requested_by = models.CharField(
@@ -46,6 +45,16 @@ class MaintenanceRun(models.Model):
     # Who holds the run now: a batch only commits while its runner still holds the lease.
     lease_token = models.CharField(max_length=32, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # Starts in a row without a committed batch; MAINTENANCE_MAX_ATTEMPTS of them fail it.
+    idle_attempts = models.PositiveIntegerField(default=0)
+    # When it was (re)queued: the sweeper re-sends a run queued too long (a lost message).
+    queued_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The worker that holds it, so a worker shutting down can ask its runs to stop.
+    worker = models.CharField(max_length=255, blank=True)
+    # Set by a worker shutting down: the runner stops at the next batch boundary.
+    stop_requested = models.BooleanField(default=False)
+    # Seconds spent in batches (not waiting in the queue): the basis of rate and ETA.
+    work_seconds = models.FloatField(default=0)
 
     checkpoint = models.JSONField(null=True, blank=True)
     total = models.PositiveBigIntegerField(null=True, blank=True)
@@ -62,6 +71,8 @@ class MaintenanceRun(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="skipped_runs"
     )
 
+    objects = states.RunQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
         permissions = [("start_maintenancerun", "Can start maintenance runs")]
@@ -69,8 +80,8 @@ class MaintenanceRun(models.Model):
             # The database itself allows one running run per operation.
             models.UniqueConstraint(
                 fields=["operation"],
-                condition=Q(status="running"),
-                name="one_running_run_per_operation",
+                condition=Q(status__in=states.ACTIVE),
+                name="one_active_run_per_operation",
             ),
         ]
         indexes = [
