@@ -9,9 +9,10 @@ from django.utils import timezone
 
 from chronicles.models import Post, Scene
 from maintenance import operations
+from maintenance.engine.iteration import RunContext
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun, RunBatch
-from maintenance.runner import execute
-from maintenance.runs import create_run
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -116,13 +117,17 @@ def test_many_more_rows_than_the_batch_size():
     assert {i for b in batches for i in b.changed_ids} == eligible
 
 
+def context_of(prepared, batch_size, dry_run=False):
+    return RunContext(None, PARAMS, prepared, dry_run, batch_size)
+
+
 def test_a_post_arriving_between_selection_and_update_keeps_its_scene():
     context = archive.prepare(PARAMS, timezone.now())
     quiet = factories.scene()
     revived = factories.scene()
     bulk_revived = factories.scene()
 
-    selected = archive.select_batch(PARAMS, context, None, 100)
+    selected = archive.walk(context_of(context, 100)).batch_after(None, 100).items
     Post.objects.create(scene=revived, message="I'm back")
     factories.bulk_post(bulk_revived)
     archived = archive.archive(PARAMS, context, selected)
@@ -169,7 +174,7 @@ def test_a_batch_costs_the_same_queries_whatever_its_size():
     counts = []
     for batch_size in (5, 30):
         with CaptureQueriesContext(connection) as queries:
-            archive.run_batch(PARAMS, context, None, batch_size, dry_run=False)
+            archive.run_batch(context_of(context, batch_size), None)
         counts.append(len(queries))
 
     assert counts[0] == counts[1] == 3  # select ids, UPDATE with the re-check, read back
@@ -182,7 +187,7 @@ def test_a_batch_reports_what_it_archived_when_the_re_check_left_some_out():
     factories.bulk_post(revived)  # a recent post, though last_activity_at lags behind
     context = archive.prepare(PARAMS, timezone.now())
 
-    result = archive.run_batch(PARAMS, context, None, 50, dry_run=False)
+    result = archive.run_batch(context_of(context, 50), None)
 
     assert result.processed == 11 and result.changed == 10
     assert revived.id not in result.changed_ids

@@ -13,10 +13,11 @@ from chronicles.models import Character, Chronicle, Post, Scene, XPEntry
 from chronicles.testdata.generator import RULES as PLANTED_RULES
 from chronicles.testdata.generator import Options, generate
 from maintenance import operations
+from maintenance.engine.iteration import RunContext
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import Finding, MaintenanceRun
 from maintenance.operations.rules import RULES
-from maintenance.runner import execute
-from maintenance.runs import create_run
 from tests.oracle import violations
 
 pytestmark = pytest.mark.django_db
@@ -270,7 +271,7 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(planted):
     for batch_size in (5, 60):
         Character.objects.update(willpower=0)  # every row broken: the worst case
         with CaptureQueriesContext(connection) as queries:
-            result = operation.run_batch(params, {}, None, batch_size, dry_run=False)
+            result = operation.run_batch(RunContext(None, params, {}, False, batch_size), None)
         assert result.changed == batch_size
         counts.append(len(queries))
 

@@ -7,7 +7,8 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from chronicles.models import Post, Scene, scene_activity_time
-from maintenance.operations.base import BatchResult, Operation, Parameter
+from maintenance.engine.iteration import KeysetWalk
+from maintenance.operations.base import Operation, Outcome, Parameter
 from maintenance.operations.common import CHRONICLE_ID
 from maintenance.operations.registry import register
 
@@ -54,13 +55,16 @@ class ArchiveOldScenes(Operation):
         recent_post = Post.objects.filter(scene=OuterRef("pk"), created_at__gte=cutoff)
         return self.candidates(params, context).exclude(Exists(recent_post))
 
-    def count_remaining(self, params, context, position):
-        # For progress only: the candidates, without probing every scene's posts.
-        return self.candidates(params, context).filter(id__gt=position or 0).count()
+    def walk(self, ctx):
+        return KeysetWalk(self.candidates(ctx.params, ctx.prepared))
 
-    def select_batch(self, params, context, position, batch_size):
-        scenes = self.candidates(params, context).filter(id__gt=position or 0).order_by("id")
-        return list(scenes.values_list("id", flat=True)[:batch_size])
+    def process(self, ctx, batch):
+        ids = batch.items
+        if ctx.dry_run:
+            changed_ids = self.would_archive(ctx.params, ctx.prepared, ids)
+        else:
+            changed_ids = self.archive(ctx.params, ctx.prepared, ids)
+        return Outcome(changed=len(changed_ids), changed_ids=changed_ids)
 
     def archive(self, params, context, ids):
         """Archive those of `ids` the rule still applies to; return the ids archived."""
@@ -83,20 +87,4 @@ class ArchiveOldScenes(Operation):
             .filter(id__in=ids)
             .order_by("id")
             .values_list("id", flat=True)
-        )
-
-    def run_batch(self, params, context, position, batch_size, dry_run):
-        ids = self.select_batch(params, context, position, batch_size)
-        if not ids:
-            return BatchResult(processed=0, changed=0, position=position, done=True)
-        if dry_run:
-            changed_ids = self.would_archive(params, context, ids)
-        else:
-            changed_ids = self.archive(params, context, ids)
-        return BatchResult(
-            processed=len(ids),
-            changed=len(changed_ids),
-            changed_ids=changed_ids,
-            position=ids[-1],
-            done=len(ids) < batch_size,
         )

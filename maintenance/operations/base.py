@@ -3,8 +3,34 @@ validation, and its batch logic. One declaration drives the CLI flags, the task 
 and the admin, so a parameter is validated in exactly one place: Parameter.clean()."""
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from maintenance.engine.iteration import (
+    Batch,
+    BatchResult,
+    Enumerator,
+    FindingRecord,
+    Outcome,
+    RunContext,
+)
+
+__all__ = [
+    # the declarations
+    "BATCH_SIZE",
+    "COMMON_PARAMETERS",
+    "DRY_RUN",
+    "Operation",
+    "Parameter",
+    "ParameterError",
+    # the engine's iteration types, which operations use with them
+    "Batch",
+    "BatchResult",
+    "Enumerator",
+    "FindingRecord",
+    "Outcome",
+    "RunContext",
+]
 
 # A whole number as people type it: ASCII digits only ("²" and "٣" pass str.isdigit()
 # but int() refuses them).
@@ -111,32 +137,11 @@ BATCH_SIZE = Parameter(
 COMMON_PARAMETERS = (DRY_RUN, BATCH_SIZE)
 
 
-@dataclass
-class FindingRecord:
-    """One problem found in a batch; the runner stores it with the batch."""
-
-    rule: str
-    model: str
-    object_id: int
-    message: str
-    fixed: bool = False
-    before: dict | None = None
-    after: dict | None = None
-
-
-@dataclass
-class BatchResult:
-    processed: int  # rows the batch looked at
-    changed: int  # rows it changed (in a dry run: would change)
-    position: Any  # the keyset checkpoint after this batch (JSON)
-    done: bool
-    changed_ids: list = field(default_factory=list)
-    findings: list = field(default_factory=list)
-
-
 class Operation:
-    """Base class of the operations. Subclasses set name, description and parameters,
-    and implement the batch logic. They never import Celery."""
+    """Base class of the operations. A subclass sets name, description and parameters,
+    and declares what it walks (`walk`) and what it does to one batch (`process`); this
+    class owns the position, done and the count, the runner owns transactions, leases
+    and state. Operations never import Celery."""
 
     name = ""
     description = ""
@@ -163,7 +168,7 @@ class Operation:
         batch_size = cleaned.pop("batch_size")
         return cleaned, dry_run, batch_size
 
-    def prepare(self, params, now):
+    def prepare(self, params: dict, now) -> dict:
         """Values fixed for the whole run (JSON), e.g. a cutoff; a resumed run reuses
         them, so it finishes exactly the work its first attempt started."""
         return {}
@@ -173,11 +178,33 @@ class Operation:
         file); when False, the runner starts afresh instead of resuming."""
         return True
 
-    def count_remaining(self, params, context, position):
-        """How many rows are still to be looked at, for progress; None if unknown."""
-        return None
+    # --- what a subclass declares ---
 
-    def run_batch(self, params, context, position, batch_size, dry_run):
-        """Process the next batch after `position` and return a BatchResult. Runs inside
-        the batch transaction; must write no game data when dry_run is true."""
+    def walk(self, ctx: RunContext) -> Enumerator:
+        """What the operation walks: a KeysetWalk over a queryset, a ChainedWalk, or an
+        enumerator of its own."""
         raise NotImplementedError
+
+    def process(self, ctx: RunContext, batch: Batch) -> Outcome:
+        """What it does to one batch, inside the batch transaction; must write no game
+        data when ctx.dry_run is true."""
+        raise NotImplementedError
+
+    # --- what the base class owns ---
+
+    def count_remaining(self, ctx: RunContext, position: Any) -> int | None:
+        """How many rows are still to be looked at after `position`, for progress."""
+        return self.walk(ctx).count_after(position)
+
+    def run_batch(self, ctx: RunContext, position: Any) -> BatchResult:
+        """The next batch after `position`, processed."""
+        batch = self.walk(ctx).batch_after(position, ctx.batch_size)
+        outcome = self.process(ctx, batch) if batch.items else Outcome()
+        return BatchResult(
+            processed=batch.processed,
+            changed=outcome.changed,
+            position=batch.position,
+            done=batch.done,
+            changed_ids=outcome.changed_ids,
+            findings=outcome.findings,
+        )

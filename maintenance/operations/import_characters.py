@@ -19,9 +19,10 @@ from django.db import DataError, IntegrityError, transaction
 
 from chronicles.models import Character, Chronicle, XPEntry
 from maintenance.operations.base import (
-    BatchResult,
+    Batch,
     FindingRecord,
     Operation,
+    Outcome,
     Parameter,
     ParameterError,
 )
@@ -98,30 +99,47 @@ class ImportCharacters(Operation):
         recorded = context.get("file")
         return isinstance(recorded, dict) and _same_file(params["path"], recorded, content=True)
 
-    def run_batch(self, params, context, position, batch_size, dry_run):
-        if not _same_file(params["path"], context["file"], content=False):
+    def walk(self, ctx):
+        return FileLines(ctx.params["path"], ctx.prepared)
+
+    def process(self, ctx, batch):
+        prepared = ctx.prepared
+        lines = _Batch(
+            ctx.params, index.ensure(ctx.params["path"], prepared["start"], prepared["file"])
+        )
+        lines.read(batch.items)
+        lines.resolve()
+        created_ids = [] if ctx.dry_run else lines.write()
+        if batch.done:
+            index.discard(prepared["file"], prepared["start"])
+        return Outcome(
+            changed=len(lines.to_create), changed_ids=created_ids, findings=lines.findings
+        )
+
+
+class FileLines:
+    """The file's lines after a byte offset; the position is [byte offset, line number].
+    Its length is not known without reading it, so it has no count."""
+
+    def __init__(self, path: str, prepared: dict):
+        self.path = path
+        self.prepared = prepared
+
+    def batch_after(self, position, size):
+        if not _same_file(self.path, self.prepared["file"], content=False):
             raise FileError(
-                f"{params['path']} changed since this import started; "
-                "the next run imports it afresh"
+                f"{self.path} changed since this import started; the next run imports it afresh"
             )
-        offset, first_line = position or (context["start"], 2)
-        lines, next_offset, next_line, at_end = read_lines(
-            params["path"], offset, first_line, batch_size
+        offset, first_line = position or (self.prepared["start"], 2)
+        lines, next_offset, next_line, at_end = read_lines(self.path, offset, first_line, size)
+        if at_end and not lines:  # nothing left to process: the index is done with
+            index.discard(self.prepared["file"], self.prepared["start"])
+        return Batch(
+            items=lines, processed=len(lines), position=[next_offset, next_line], done=at_end
         )
-        batch = _Batch(params, index.ensure(params["path"], context["start"], context["file"]))
-        batch.read(lines)
-        batch.resolve()
-        created_ids = [] if dry_run else batch.write()
-        if at_end:
-            index.discard(context["file"], context["start"])
-        return BatchResult(
-            processed=len(lines),
-            changed=len(batch.to_create),
-            position=[next_offset, next_line],
-            done=at_end,
-            changed_ids=created_ids,
-            findings=batch.findings,
-        )
+
+    def count_after(self, position):
+        return None
 
 
 class _Batch:

@@ -6,7 +6,7 @@ the old and the new value; a negative ledger sum leaves the character as it is."
 from maintenance.operations.base import Operation
 from maintenance.operations.common import CHRONICLE_ID
 from maintenance.operations.registry import register
-from maintenance.operations.rule_walk import check_batch
+from maintenance.operations.rule_walk import RuleWalk, check_rows
 from maintenance.operations.rules import RULES
 
 XP_RULE = RULES["character_xp_mismatch"]
@@ -18,16 +18,14 @@ class RecalculateXp(Operation):
     description = "Recompute every character's xp from its XP ledger."
     parameters = (CHRONICLE_ID,)
 
-    def count_remaining(self, params, context, position):
-        after_id = (position or (0, 0))[1]
-        return XP_RULE.scope(params["chronicle_id"]).filter(id__gt=after_id).count()
+    def walk(self, ctx):
+        return RuleWalk(XP_RULE, ctx.params["chronicle_id"])
 
-    def run_batch(self, params, context, position, batch_size, dry_run):
-        return check_batch(
-            [XP_RULE],
-            chronicle_id=params["chronicle_id"],
+    def process(self, ctx, batch):
+        return check_rows(
+            XP_RULE,
+            batch.items,
+            chronicle_id=ctx.params["chronicle_id"],
             fix=True,
-            position=position,
-            batch_size=batch_size,
-            dry_run=dry_run,
+            dry_run=ctx.dry_run,
         )

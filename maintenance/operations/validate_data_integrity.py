@@ -4,7 +4,7 @@ and with fix repair what can be repaired without deleting anything."""
 from maintenance.operations.base import Operation, Parameter
 from maintenance.operations.common import CHRONICLE_ID
 from maintenance.operations.registry import register
-from maintenance.operations.rule_walk import check_batch
+from maintenance.operations.rule_walk import check_rows, rules_walk
 from maintenance.operations.rules import RULES
 
 
@@ -29,25 +29,15 @@ class ValidateDataIntegrity(Operation):
         CHRONICLE_ID,
     )
 
-    def _rules(self, params):
-        # Always in the declared order, so a checkpoint's rule index stays meaningful.
-        return [rule for code, rule in RULES.items() if code in params["rules"]]
+    def walk(self, ctx):
+        chosen = [rule for code, rule in RULES.items() if code in ctx.params["rules"]]
+        return rules_walk(chosen, ctx.params["chronicle_id"])
 
-    def count_remaining(self, params, context, position):
-        index, after_id = position or (0, 0)
-        rules = self._rules(params)
-        remaining = 0
-        for number, rule in enumerate(rules[index:], start=index):
-            rows = rule.scope(params["chronicle_id"])
-            remaining += rows.filter(id__gt=after_id if number == index else 0).count()
-        return remaining
-
-    def run_batch(self, params, context, position, batch_size, dry_run):
-        return check_batch(
-            self._rules(params),
-            chronicle_id=params["chronicle_id"],
-            fix=params["fix"],
-            position=position,
-            batch_size=batch_size,
-            dry_run=dry_run,
+    def process(self, ctx, batch):
+        return check_rows(
+            RULES[batch.walk],
+            batch.items,
+            chronicle_id=ctx.params["chronicle_id"],
+            fix=ctx.params["fix"],
+            dry_run=ctx.dry_run,
         )
