@@ -39,10 +39,10 @@ def main():
     from django.conf import settings
     from django.utils import timezone
 
-    from maintenance.enqueue import start
+    from maintenance.engine.enqueue import start
+    from maintenance.engine.runner import execute
+    from maintenance.engine.runs import create_run
     from maintenance.models import MaintenanceRun
-    from maintenance.runner import execute
-    from maintenance.runs import create_run
 
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
     worker = subprocess.Popen(

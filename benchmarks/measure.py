@@ -58,8 +58,8 @@ class QueryCounter:
 
 
 def ours(operation):
-    from maintenance.runner import execute
-    from maintenance.runs import create_run
+    from maintenance.engine.runner import execute
+    from maintenance.engine.runs import create_run
 
     run = create_run(operation, {}, trigger="cli", requested_by="bench")
     ticks = []

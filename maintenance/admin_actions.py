@@ -2,10 +2,10 @@
 
 from django.contrib import messages
 
-from maintenance.enqueue import BrokerUnavailable, start
+from maintenance.engine.enqueue import BrokerUnavailable, start
+from maintenance.engine.runs import cut_error, record_rejected, screen
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
-from maintenance.runs import cut_error, record_rejected, screen
 
 START_PERMISSION = "maintenance.start_maintenancerun"
 

@@ -9,22 +9,20 @@ import getpass
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 import time
 import traceback
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import DatabaseError, connection
-from django.utils import timezone
 from tqdm import tqdm
 
+from maintenance.engine.interrupts import sigint_deferred, sigint_held
+from maintenance.engine.runner import BatchReport
 from maintenance.models import MaintenanceRun
 from maintenance.oneline import describe, escape, first_line
 from maintenance.operations.base import BATCH_SIZE, DRY_RUN
 from maintenance.reporting import unfixed_findings
-from maintenance.runner import BatchReport
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +33,7 @@ EXIT_SKIPPED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (`... | head -1`)
 
-__all__ = ["describe", "escape", "first_line"]
+__all__ = ["describe", "escape", "first_line", "sigint_deferred", "sigint_held"]
 
 
 def error(message: str, code: int = EXIT_FAILED) -> CommandError:
@@ -65,18 +63,13 @@ def settle(run_ids, reason: str) -> None:
     ids = [pk for pk in run_ids if pk]
     if not ids:
         return
-    unfinished = (MaintenanceRun.Status.QUEUED, MaintenanceRun.Status.RUNNING)
+    unfinished = (MaintenanceRun.Status.QUEUED, *MaintenanceRun.ACTIVE)
 
     def record():
         mine = MaintenanceRun.objects.filter(pk__in=ids, status__in=unfinished)
         if not mine.exists():  # a read first: the runner has usually recorded it already
             return
-        mine.update(
-            status=MaintenanceRun.Status.FAILED,
-            finished_at=timezone.now(),
-            lease_token="",
-            error=reason,
-        )
+        mine.fail(reason)
 
     with sigint_held():
         if not connection.in_atomic_block:
@@ -97,36 +90,6 @@ def settle(run_ids, reason: str) -> None:
                 # be busy with another writer: reconnect and try again shortly.
                 connection.close()
                 time.sleep(0.1 * 2**attempt)
-
-
-@contextlib.contextmanager
-def sigint_held():
-    """Ignore Ctrl-C while something must be recorded (signals: main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def sigint_deferred():
-    """Hold a Ctrl-C until the block is done, then raise it: for steps that must not be
-    cut in half (record a run and publish it). Main thread only, as signals are."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def _reopen_closed_fds() -> None:
@@ -207,6 +170,14 @@ def raise_for_outcome(run, fail_on_findings=False):
         raise error(f"skipped: {run.error}", EXIT_SKIPPED)
     if run.status == MaintenanceRun.Status.FAILED:
         raise failed_run_error(run)
+    if run.status in (MaintenanceRun.Status.PAUSED, MaintenanceRun.Status.CANCELLED):
+        # An operator stopped it before its end: not done, so not 0.
+        hint = (
+            f"; resume with: manage.py maintenance_run resume {run.pk}"
+            if run.status == MaintenanceRun.Status.PAUSED
+            else ""
+        )
+        raise error(f"run #{run.pk} was {run.status} after {run.batches} batches{hint}")
     if fail_on_findings:
         left = unfixed_findings(run)
         if left:
@@ -298,7 +269,10 @@ class OneLineErrorsCommand(BaseCommand):
             with console_logs(self.verbosity):
                 settle(self.own_runs, reason)
             if self.own_runs:
-                ended = f" (run #{self.own_runs[-1]} recorded as failed)"
+                last = MaintenanceRun.objects.filter(pk=self.own_runs[-1]).first()
+                ended = f" (run #{last.pk} is {last.status})" if last else ""
+                if last and last.status == MaintenanceRun.Status.PAUSED:
+                    ended = f" (run #{last.pk} paused: {last.error})"
         except Exception:  # the database is gone too: say so; the lease will expire
             with console_logs(self.verbosity):
                 logger.exception("could not record the end of runs %s", self.own_runs)
@@ -451,8 +425,8 @@ def follow(run, progress, stdout, poll=0.5, patience=10, timeout=WAIT_TIMEOUT):
         for batch in new_batches:
             seen_batches = batch.number
             progress.batch(BatchReport.of(run, batch))
-        if run.is_finished:
-            return run
+        if run.is_finished or run.status == MaintenanceRun.Status.PAUSED:
+            return run  # a paused run waits for an operator, not for this command
         waited = time.monotonic() - started_waiting
         if run.status == MaintenanceRun.Status.QUEUED and waited > patience and not warned:
             stdout.write(

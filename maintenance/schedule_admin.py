@@ -13,11 +13,11 @@ from django_celery_beat.models import PeriodicTask
 
 from maintenance import operations
 from maintenance.admin_actions import may_start, start_from_admin
-from maintenance.enqueue import BrokerUnavailable, check_broker
+from maintenance.engine.enqueue import BrokerUnavailable, check_broker
+from maintenance.engine.runs import cut_error, record_rejected, screen
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
 from maintenance.operations.registry import UnknownOperation
-from maintenance.runs import cut_error, record_rejected, screen
 from maintenance.schedules import (
     MAINTENANCE_PREFIX,
     ScheduleArgumentsError,

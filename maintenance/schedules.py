@@ -11,8 +11,8 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
+from maintenance.engine.runs import cut_error
 from maintenance.models import ScheduleChange
-from maintenance.runs import cut_error
 
 MAINTENANCE_PREFIX = "maintenance."
 # A beat message whose schedule text could not be read carries the reason under this

@@ -1,13 +1,79 @@
 """Celery tasks of the maintenance service: one per registered operation, named
-maintenance.<operation>. Tasks stay thin; the rules live in operations/."""
+maintenance.<operation>, and the every-minute heartbeat that also sweeps. Tasks stay
+thin; the rules live in operations/, the run's life in engine/."""
 
+import logging
 import socket
+import threading
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_shutting_down
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
 from maintenance import heartbeat, operations
-from maintenance.triggers import run_from_task
+from maintenance.engine.enqueue import BrokerUnavailable, send
+from maintenance.engine.runner import Budget
+from maintenance.engine.states import ACTIVE
+from maintenance.engine.sweeper import sweep
+from maintenance.engine.triggers import run_from_task
+from maintenance.models import MaintenanceRun
+
+logger = logging.getLogger(__name__)
+# Set in this process when its worker begins a warm shutdown (solo and thread pools).
+_shutting_down = threading.Event()
+
+
+class RunFailed(Exception):
+    """Raised after a failed run is recorded, so the task is a FAILURE in Flower and
+    `celery events` too. The run's summary rides along for callers in this process."""
+
+    summary: dict = {}
+
+    @classmethod
+    def of(cls, summary: dict) -> "RunFailed":
+        failure = cls(f"run #{summary['run_id']} failed: {summary['error']}")
+        failure.summary = summary
+        return failure
+
+
+@worker_shutting_down.connect
+def _ask_runs_to_give_back(sender=None, **kwargs):
+    """A warm shutdown (SIGTERM, a deploy): ask this worker's runs to stop at their next
+    batch boundary as interrupted, so they go back on the queue instead of being killed.
+    Prefork pool processes learn it from their run row, read with every batch."""
+    _shutting_down.set()
+    try:
+        asked = MaintenanceRun.objects.filter(status__in=ACTIVE, worker=str(sender)).update(
+            stop_requested=True
+        )
+        logger.warning("worker %s shutting down: asked %d runs to stop", sender, asked)
+    except DatabaseError:
+        logger.exception("could not ask the runs of %s to stop", sender)
+    finally:
+        connection.close()
+
+
+def _requeue(run: MaintenanceRun) -> None:
+    """An interrupted run goes straight back on the queue; if the broker cannot take it,
+    the sweeper sends it later."""
+    if MaintenanceRun.objects.filter(pk=run.pk).resume():
+        try:
+            send(run)
+        except BrokerUnavailable as error:
+            logger.warning("%s; the sweeper will send it", error)
+
+
+def worker_budget() -> Budget:
+    """A worker's process is lent, not given: a run gives it back after its slice, on a
+    warm shutdown, or at the soft time limit."""
+    return Budget(
+        slice_seconds=settings.MAINTENANCE_SLICE_SECONDS,
+        should_yield=_shutting_down.is_set,
+        interruptions=(SoftTimeLimitExceeded,),
+        requeue=_requeue,
+    )
 
 
 @shared_task(name="maintenance.ping")
@@ -18,12 +84,14 @@ def ping():
 
 @shared_task(name="maintenance.heartbeat", ignore_result=True)
 def heartbeat_task(**kwargs):
-    """Sent by beat every minute; the worker that runs it records that both are alive."""
+    """Sent by beat every minute; the worker that runs it records that both are alive,
+    then sweeps: dead runs are interrupted and re-queued, lost messages sent again."""
     request = heartbeat_task.request
     heartbeat.record(
         getattr(request, "hostname", None) or socket.gethostname(),
         _headers(request)["periodic_task_name"] or "",
     )
+    sweep(send=send)
 
 
 def _headers(request):
@@ -49,13 +117,18 @@ def _operation_task(operation):
     def run_operation(self, *args, **kwargs):
         # Positional args (a schedule's "args") are refused as a recorded failed run,
         # not a TypeError that nobody records.
-        return run_from_task(
+        summary = run_from_task(
             operation.name,
             kwargs,
             task_id=self.request.id,
             headers=_headers(self.request),
             args=args,
+            budget=worker_budget(),
+            worker=str(getattr(self.request, "hostname", None) or ""),
         )
+        if summary["status"] == MaintenanceRun.Status.FAILED:
+            raise RunFailed.of(summary)
+        return summary
 
     run_operation.__doc__ = operation.description
     return run_operation

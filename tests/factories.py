@@ -39,3 +39,11 @@ def bulk_post(scene, *, days_ago_=0):
     return Post.objects.bulk_create(
         [Post(scene=scene, message="late reply", created_at=days_ago(days_ago_))]
     )[0]
+
+
+def task_summary(result):
+    """The run summary of an applied task: its result, or, when the run failed (the task
+    is then a FAILURE, as in Flower), the summary its RunFailed carries."""
+    if result.failed():
+        return result.result.summary
+    return result.get()

@@ -44,9 +44,9 @@ def test_the_site_root_leads_to_the_admin(client):
 
 
 def test_run_history_is_listed_and_read_only(admin_client, data):
+    from maintenance.engine.runner import execute
+    from maintenance.engine.runs import create_run
     from maintenance.models import MaintenanceRun
-    from maintenance.runner import execute
-    from maintenance.runs import create_run
 
     run = execute(create_run("archive_old_scenes", {"batch_size": 5}, trigger="cli"))
     listing = admin_client.get(reverse("admin:maintenance_maintenancerun_changelist"))

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from chronicles.models import Scene
-from maintenance import enqueue
+from maintenance.engine import enqueue
 from maintenance.models import MaintenanceRun
 from tests import factories
 
@@ -68,7 +68,7 @@ def test_run_selected_tasks_records_an_admin_run_with_the_schedule_kwargs(client
         "ops",
     )
     assert run.params == {"older_than_days": 30, "chronicle_id": None}
-    assert run.status == "succeeded" and run.changed == 1
+    assert run.status == "succeeded" and run.changed == 1, run.error
     assert f"as run #{run.pk}" in page.content.decode()
 
 
@@ -140,8 +140,8 @@ def test_the_schedule_form_refuses_bad_kwargs_and_saves_nothing(admin_client):
 
 
 def test_rerun_and_dry_run_again_from_the_run_history(client, in_process):
-    from maintenance.runner import execute
-    from maintenance.runs import create_run
+    from maintenance.engine.runner import execute
+    from maintenance.engine.runs import create_run
 
     factories.scene(created_days_ago=40)
     first = execute(

@@ -11,11 +11,12 @@ from django.core.management import CommandError, call_command
 
 from chronicles.models import Character, Chronicle, Post, Scene, XPEntry
 from chronicles.testdata.generator import Options, generate
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun
-from maintenance.runner import execute
-from maintenance.runs import create_run
 from maintenance.tasks import OPERATION_TASKS
 from maintenance.transfer.format import header_line
+from tests.factories import task_summary
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -312,7 +313,7 @@ def test_a_failing_batch_leaves_nothing_half_written(
 def test_the_import_task_takes_a_file_path(tmp_path, known_owner_and_chronicle):
     path = write(tmp_path, line())
 
-    result = OPERATION_TASKS["import_characters"].apply(kwargs={"path": path}).get()
+    result = task_summary(OPERATION_TASKS["import_characters"].apply(kwargs={"path": path}))
 
     assert result["status"] == "succeeded" and result["changed"] == 1
     run = MaintenanceRun.objects.get(pk=result["run_id"])
@@ -320,7 +321,9 @@ def test_the_import_task_takes_a_file_path(tmp_path, known_owner_and_chronicle):
 
 
 def test_the_import_task_with_a_bad_path_is_a_failed_run():
-    result = OPERATION_TASKS["import_characters"].apply(kwargs={"path": "/nope.jsonl"}).get()
+    result = task_summary(
+        OPERATION_TASKS["import_characters"].apply(kwargs={"path": "/nope.jsonl"})
+    )
 
     assert result["status"] == "failed"
     assert "invalid parameters: /nope.jsonl: no such file" in result["error"]

@@ -31,10 +31,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chronicles.models import Character, Chronicle, Post, Scene, XPEntry
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun
 from maintenance.operations.import_characters import ImportCharacters, _Batch
-from maintenance.runner import execute
-from maintenance.runs import create_run
 from maintenance.transfer import index
 from maintenance.transfer.format import header_line
 from maintenance.transfer.reader import read_lines
@@ -474,8 +474,8 @@ if what == "prepass":
     checkpoint = ImportCharacters().prepare({"path": path}, None)
 else:
     call_command("migrate", verbosity=0)
-    from maintenance.runner import execute
-    from maintenance.runs import create_run
+    from maintenance.engine.runner import execute
+    from maintenance.engine.runs import create_run
     run = execute(create_run("import_characters",
                              {"path": path, "dry_run": True, "batch_size": 10000},
                              trigger="cli"))

@@ -9,10 +9,10 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.heartbeat import NAME
 from maintenance.models import Heartbeat, MaintenanceRun
-from maintenance.runner import execute
-from maintenance.runs import create_run
 from maintenance.schedules import seed
 from tests import factories
 

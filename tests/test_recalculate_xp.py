@@ -3,9 +3,9 @@
 import pytest
 
 from chronicles.models import Character, XPEntry
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import Finding, MaintenanceRun
-from maintenance.runner import execute
-from maintenance.runs import create_run
 
 pytestmark = pytest.mark.django_db
 

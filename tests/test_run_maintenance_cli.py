@@ -17,6 +17,15 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db
 JSON_KEYS = {
+    # DESIGN.md "Run states and operator control" adds these to the first wave's keys
+    "total",
+    "rows_per_s",
+    "eta_s",
+    "stale",
+    "throttled_s",
+    "throttle_reason",
+    "attempts",
+    "partitions",
     "run_id",
     "operation",
     "status",

@@ -10,9 +10,9 @@ from django.utils import timezone
 
 from chronicles.models import Scene
 from maintenance import operations
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun
-from maintenance.runner import execute
-from maintenance.runs import create_run
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -16,9 +16,10 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maintenance.enqueue import BrokerUnavailable, check_broker
+from maintenance.engine.enqueue import BrokerUnavailable, check_broker
 from maintenance.models import MaintenanceRun, ScheduleChange
 from maintenance.tasks import OPERATION_TASKS
+from tests.factories import task_summary
 from worker.celery import app
 
 pytestmark = pytest.mark.django_db
@@ -224,7 +225,7 @@ def test_list_actions_never_fail_and_need_the_permission_for_maintenance(
 
 
 def test_a_user_with_the_permission_gets_the_run(monkeypatch):
-    from maintenance import enqueue
+    from maintenance.engine import enqueue
 
     monkeypatch.setattr(enqueue, "check_broker", lambda: None)
     monkeypatch.setattr(enqueue, "enqueue", lambda run: None)  # no broker in unit tests
@@ -265,8 +266,8 @@ def test_a_beat_run_names_who_last_changed_its_schedule():
     )
     task = OPERATION_TASKS["recalculate_xp"]
 
-    task.apply(kwargs={"dry_run": True}, headers={"periodic_task_name": "edited"}).get()
-    task.apply(kwargs={"dry_run": True}, headers={"periodic_task_name": "seeded"}).get()
+    task_summary(task.apply(kwargs={"dry_run": True}, headers={"periodic_task_name": "edited"}))
+    task_summary(task.apply(kwargs={"dry_run": True}, headers={"periodic_task_name": "seeded"}))
 
     by_schedule = dict(
         MaintenanceRun.objects.values_list("periodic_task_name", "schedule_changed_by")

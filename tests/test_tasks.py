@@ -3,10 +3,11 @@ message headers, bad kwargs as a failed run with a readable error."""
 
 import pytest
 
+from maintenance.engine.triggers import trigger_from
 from maintenance.models import MaintenanceRun
 from maintenance.tasks import OPERATION_TASKS
-from maintenance.triggers import trigger_from
 from tests import factories
+from tests.factories import task_summary
 
 pytestmark = pytest.mark.django_db
 archive_task = OPERATION_TASKS["archive_old_scenes"]
@@ -22,10 +23,12 @@ def test_every_operation_is_a_named_task():
 def test_a_beat_message_is_recorded_as_beat_with_its_schedule_name():
     scene = factories.scene()
 
-    result = archive_task.apply(
-        kwargs={"older_than_days": 30, "batch_size": 50},
-        headers={"periodic_task_name": "nightly archive"},
-    ).get()
+    result = task_summary(
+        archive_task.apply(
+            kwargs={"older_than_days": 30, "batch_size": 50},
+            headers={"periodic_task_name": "nightly archive"},
+        )
+    )
 
     run = MaintenanceRun.objects.get(pk=result["run_id"])
     assert (run.trigger, run.periodic_task_name) == ("beat", "nightly archive")
@@ -49,7 +52,7 @@ def test_a_beat_message_is_recorded_as_beat_with_its_schedule_name():
 def test_bad_kwargs_give_a_failed_run_with_a_readable_error(kwargs, message):
     scene = factories.scene()
 
-    result = archive_task.apply(kwargs=kwargs, headers={"periodic_task_name": "typo"}).get()
+    result = task_summary(archive_task.apply(kwargs=kwargs, headers={"periodic_task_name": "typo"}))
 
     run = MaintenanceRun.objects.get(pk=result["run_id"])
     assert run.status == "failed"
@@ -67,7 +70,7 @@ def test_a_recorded_run_is_executed_by_id():
         params={"older_than_days": 90, "chronicle_id": None},
     )
 
-    result = archive_task.apply(kwargs={"run_id": run.pk}).get()
+    result = task_summary(archive_task.apply(kwargs={"run_id": run.pk}))
 
     assert result["run_id"] == run.pk and result["status"] == "succeeded"
 
@@ -75,7 +78,7 @@ def test_a_recorded_run_is_executed_by_id():
 def test_a_run_id_of_another_operation_is_refused():
     other = MaintenanceRun.objects.create(operation="something_else", trigger="cli")
 
-    result = archive_task.apply(kwargs={"run_id": other.pk}).get()
+    result = task_summary(archive_task.apply(kwargs={"run_id": other.pk}))
 
     assert result["status"] == "failed" and "no such run" in result["error"]
     other.refresh_from_db()
@@ -84,9 +87,9 @@ def test_a_run_id_of_another_operation_is_refused():
 
 def test_a_redelivered_message_finds_its_run_again():
     factories.scene()
-    first = archive_task.apply(kwargs={}, task_id="fixed-task-id").get()
+    first = task_summary(archive_task.apply(kwargs={}, task_id="fixed-task-id"))
 
-    again = archive_task.apply(kwargs={}, task_id="fixed-task-id").get()
+    again = task_summary(archive_task.apply(kwargs={}, task_id="fixed-task-id"))
 
     assert again["run_id"] == first["run_id"]
     assert MaintenanceRun.objects.count() == 1
@@ -107,9 +110,9 @@ def test_trigger_resolution(headers, trigger):
 
 
 def test_rejected_kwargs_are_stored_as_given_even_when_json_cannot_hold_them():
-    result = archive_task.apply(
-        kwargs={"name\x00": "a\x00b", "older_than_days": float("inf")}
-    ).get()
+    result = task_summary(
+        archive_task.apply(kwargs={"name\x00": "a\x00b", "older_than_days": float("inf")})
+    )
 
     run = MaintenanceRun.objects.get(pk=result["run_id"])
     assert run.status == "failed"

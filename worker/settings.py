@@ -191,5 +191,14 @@ MAINTENANCE_IMPORT_MAX_BYTES = env.integer(
 MAINTENANCE_MAX_ATTEMPTS = env.integer("MAINTENANCE_MAX_ATTEMPTS", 10, 1, 1000)
 # A queued run that no worker started within this many seconds is sent again.
 MAINTENANCE_REQUEUE_AFTER_SECONDS = env.integer(
-    "MAINTENANCE_REQUEUE_AFTER_SECONDS", 300, 30, 7 * DAY
+    "MAINTENANCE_REQUEUE_AFTER_SECONDS", 300, 1, 7 * DAY
 )
+# A run on a worker gives the process back after this many seconds of work: it stops at
+# a batch boundary as interrupted and goes back on the queue, so no task comes near the
+# time limits or Redis' visibility timeout, and long runs take turns with short ones.
+MAINTENANCE_SLICE_SECONDS = env.integer("MAINTENANCE_SLICE_SECONDS", 300, 1, 7 * DAY)
+if MAINTENANCE_SLICE_SECONDS >= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise SettingError(
+        "MAINTENANCE_SLICE_SECONDS",
+        "must be below CELERY_TASK_SOFT_TIME_LIMIT (a slice ends first)",
+    )

@@ -7,11 +7,10 @@ from celery import current_app
 from kombu.utils.url import maybe_sanitize_url
 
 from maintenance import oneline, operations
-from maintenance.cli import sigint_deferred
+from maintenance.engine.interrupts import sigint_deferred
+from maintenance.engine.runs import create_run
+from maintenance.engine.triggers import REQUESTED_BY_HEADER, TRIGGER_HEADER
 from maintenance.models import MaintenanceRun
-from maintenance.runs import create_run
-from maintenance.tasks import OPERATION_TASKS
-from maintenance.triggers import REQUESTED_BY_HEADER, TRIGGER_HEADER
 
 # Seconds any one broker step (connect, check, publish) may take. The check and the
 # publish each get one attempt, so an unreachable or silent broker is said within
@@ -56,32 +55,50 @@ def check_broker() -> None:
         ) from None
 
 
+def _publish(run: MaintenanceRun, connection=None) -> None:
+    """Publish `run` to its operation's task, looked up by name in the Celery app (the
+    engine does not import the task layer); the message carries only the run id."""
+    task = current_app.tasks[f"maintenance.{run.operation}"]
+    with connection or bounded_connection() as conn:
+        task.apply_async(
+            kwargs={"run_id": run.pk},
+            task_id=run.celery_task_id,
+            headers={TRIGGER_HEADER: run.trigger, REQUESTED_BY_HEADER: run.requested_by},
+            connection=conn,
+            # The command follows the run in the database, never through results:
+            # no subscription to a result backend that could hang.
+            ignore_result=True,
+            retry=False,
+        )
+
+
 def enqueue(run: MaintenanceRun, connection=None) -> None:
-    """Publish `run` to its operation's task; the message carries only the run id. A run
-    that could not be published is recorded failed, never left queued."""
-    task = OPERATION_TASKS[run.operation]
+    """Publish a new run. One that could not be published is recorded failed, never
+    left queued."""
     try:
-        with connection or bounded_connection() as conn:
-            task.apply_async(
-                kwargs={"run_id": run.pk},
-                task_id=run.celery_task_id,
-                headers={TRIGGER_HEADER: run.trigger, REQUESTED_BY_HEADER: run.requested_by},
-                connection=conn,
-                # The command follows the run in the database, never through results:
-                # no subscription to a result backend that could hang.
-                ignore_result=True,
-                retry=False,
-            )
+        _publish(run, connection)
     except BaseException as error:  # Ctrl-C included: the run must not stay queued
         interrupted = isinstance(error, KeyboardInterrupt)
         reason = "interrupted" if interrupted else oneline.first_line(error)
         message = f"could not enqueue on {_broker()}: {reason}"
-        MaintenanceRun.objects.filter(pk=run.pk, status=MaintenanceRun.Status.QUEUED).update(
-            status=MaintenanceRun.Status.FAILED, error=message
-        )
+        MaintenanceRun.objects.filter(pk=run.pk, status=MaintenanceRun.Status.QUEUED).fail(message)
         if interrupted or not isinstance(error, Exception):
             raise
         raise BrokerUnavailable(message) from None
+
+
+def send(run: MaintenanceRun) -> None:
+    """Send a queued run again (resumed, re-queued after its slice, or its message lost)
+    under a new task id, so a stale copy of an older message is recognisably stale. When
+    the broker is down the run stays queued and the sweeper sends it later."""
+    run.celery_task_id = str(uuid.uuid4())
+    MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=run.celery_task_id)
+    try:
+        _publish(run)
+    except Exception as error:
+        raise BrokerUnavailable(
+            f"could not send run #{run.pk} on {_broker()}: {oneline.first_line(error)}"
+        ) from None
 
 
 def start(operation_name: str, raw_params: dict, **origin) -> MaintenanceRun:

@@ -104,14 +104,16 @@ def create_run(
 
 
 def record_rejected(operation_name, raw_params, error, **origin):
-    """A trigger whose parameters are unusable becomes a failed run that says why."""
-    return MaintenanceRun.objects.create(
-        operation=str(operation_name)[:64],
-        status=MaintenanceRun.Status.FAILED,
-        params=_json_safe(raw_params),
-        error=cut_error(f"invalid parameters: {cut_error(error)}"),
-        **origin,
+    """A trigger whose parameters are unusable becomes a failed run that says why:
+    recorded, then failed at once (the one way a run's status changes)."""
+    run = MaintenanceRun.objects.create(
+        operation=str(operation_name)[:64], params=_json_safe(raw_params), **origin
     )
+    MaintenanceRun.objects.filter(pk=run.pk).fail(
+        cut_error(f"invalid parameters: {cut_error(error)}")
+    )
+    run.refresh_from_db()
+    return run
 
 
 def _json_safe(value, depth=0):

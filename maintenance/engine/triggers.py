@@ -1,10 +1,10 @@
 """Turning a task delivery into a run: which run, started by whom."""
 
+from maintenance.engine.runner import INLINE, execute
+from maintenance.engine.runs import create_run, cut_error, record_rejected, screen
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
 from maintenance.reporting import run_summary
-from maintenance.runner import execute
-from maintenance.runs import create_run, cut_error, record_rejected, screen
 from maintenance.schedules import SCHEDULE_ERROR_KWARG, last_changed_by
 
 Trigger = MaintenanceRun.Trigger
@@ -49,7 +49,7 @@ def _refusal(kwargs, args) -> str | None:
     return None
 
 
-def run_from_task(operation_name, kwargs, *, task_id, headers, args=()):
+def run_from_task(operation_name, kwargs, *, task_id, headers, args=(), budget=INLINE, worker=""):
     """Execute the run a task message stands for and return its summary.
 
     A message carries either `run_id` (the CLI and the admin record the run first) or
@@ -76,7 +76,7 @@ def run_from_task(operation_name, kwargs, *, task_id, headers, args=()):
             run = create_run(operation_name, kwargs, **origin)
         except (ParameterError, TypeError) as error:
             return run_summary(record_rejected(operation_name, kwargs, error, **origin))
-    return run_summary(execute(run))
+    return run_summary(execute(run, budget=budget, worker=worker))
 
 
 def _recorded_run(operation_name, run_id):

@@ -3,8 +3,13 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
+from django.utils import timezone
 
+from chronicles.testdata.generator import Options, generate
 from tests.services import CeleryProcess
+
+LEASE = 3  # seconds: short, so a dead run is noticed within a test
+SCENES = 100_000
 
 
 def empty_test_broker():
@@ -38,3 +43,24 @@ def celery_beat_process(real_services, tmp_path):
     beat = CeleryProcess("beat", tmp_path)
     yield beat
     beat.stop()
+
+
+@pytest.fixture
+def fresh(real_services, settings):
+    """100,000 generated scenes, committed so the worker processes see them. Returns the
+    moment before: anything archived since was archived by a run of the test."""
+    settings.MAINTENANCE_LEASE_SECONDS = LEASE
+    empty_test_broker()
+    started = timezone.now()
+    generate(
+        Options(
+            seed=99,
+            chronicles=20,
+            characters=2_000,
+            scenes=SCENES,
+            posts_per_scene=1,
+            ledger_entries=1,
+            defect_rate=0,
+        )
+    )
+    return started

@@ -18,15 +18,12 @@ from django.test import Client
 from django.utils import timezone
 
 from chronicles.models import Post, Scene, scene_activity_time
-from chronicles.testdata.generator import Options, generate
-from maintenance.enqueue import start
+from maintenance.engine.enqueue import start
 from maintenance.models import MaintenanceRun, RunBatch
 from maintenance.tasks import OPERATION_TASKS
-from tests.integration.conftest import empty_test_broker, start_worker
+from tests.integration.conftest import LEASE, start_worker
 from tests.services import ROOT
 
-LEASE = 3  # seconds: short, so a dead run can be taken over within the test
-SCENES = 100_000
 BATCH = 200
 Status = MaintenanceRun.Status
 
@@ -42,27 +39,6 @@ def wait_for(probe, timeout=90, interval=0.02):
 
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def fresh(real_services, settings):
-    """100,000 generated scenes, committed so the worker processes see them. Returns the
-    moment before: anything archived since was archived by a run of the test."""
-    settings.MAINTENANCE_LEASE_SECONDS = LEASE
-    empty_test_broker()
-    started = timezone.now()
-    generate(
-        Options(
-            seed=99,
-            chronicles=20,
-            characters=2_000,
-            scenes=SCENES,
-            posts_per_scene=1,
-            ledger_entries=1,
-            defect_rate=0,
-        )
-    )
-    return started
 
 
 def runs():
@@ -236,8 +212,8 @@ def test_ten_triggers_at_once_through_the_worker_run_once(fresh, tmp_path, worke
 
 
 def test_ten_runners_racing_in_threads_run_once(fresh):
-    from maintenance.runner import execute
-    from maintenance.runs import create_run
+    from maintenance.engine.runner import execute
+    from maintenance.engine.runs import create_run
 
     created = [
         create_run("archive_old_scenes", {"batch_size": 500}, trigger="beat") for _ in range(10)

@@ -4,12 +4,12 @@ import json
 import os
 
 from maintenance import cli
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun
 from maintenance.operations import get
 from maintenance.operations.base import BATCH_SIZE, DRY_RUN, ParameterError
 from maintenance.reporting import outcome_line, run_summary
-from maintenance.runner import execute
-from maintenance.runs import create_run
 
 OPERATION = "import_characters"
 

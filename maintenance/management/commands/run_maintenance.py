@@ -7,7 +7,9 @@ import sys
 from django.db import DatabaseError
 
 from maintenance import cli, operations
-from maintenance.enqueue import BrokerUnavailable, start
+from maintenance.engine.enqueue import BrokerUnavailable, start
+from maintenance.engine.runner import execute
+from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import BATCH_SIZE, DRY_RUN, ParameterError
 from maintenance.reporting import (
@@ -16,8 +18,6 @@ from maintenance.reporting import (
     outcome_line,
     run_summary,
 )
-from maintenance.runner import execute
-from maintenance.runs import create_run
 
 
 class Command(cli.OneLineErrorsCommand):
@@ -170,7 +170,8 @@ class Command(cli.OneLineErrorsCommand):
         self.stdout.write(self.style.NOTICE(f"All findings: {admin_findings_path(run)}"))
 
     def _finish(self, run, options):
-        if not run.is_finished:  # enqueued, not waited for
+        stopped = run.status == MaintenanceRun.Status.PAUSED  # by an operator, mid-wait
+        if not (run.is_finished or stopped):  # enqueued, not waited for
             if options["json"]:
                 keys = {"run_id": run.pk, "task_id": run.celery_task_id}
                 keys |= {"operation": run.operation, "status": run.status}

@@ -1,0 +1,130 @@
+"""Who may run an operation now: one active run per operation, held with a lease.
+
+The database enforces the rule (a unique index on operation where the status is running,
+pausing or cancelling); this module decides what a delivery does when another run holds
+the operation: skip a fresh trigger while the holder's heartbeat is fresh, fail a dead
+holder and take its work over, and put a resumed run back to wait its turn.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from maintenance.engine.states import ACTIVE, Status
+from maintenance.models import MaintenanceRun
+
+
+@dataclass
+class Claim:
+    token: str = ""  # the lease token, when the run is ours to execute
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.token)
+
+
+def lease() -> timedelta:
+    return timedelta(seconds=settings.MAINTENANCE_LEASE_SECONDS)
+
+
+def is_dead(run: MaintenanceRun, now: datetime | None = None) -> bool:
+    last_sign_of_life = run.heartbeat_at or run.started_at
+    return last_sign_of_life is None or last_sign_of_life < (now or timezone.now()) - lease()
+
+
+def _runs(run: MaintenanceRun):
+    return MaintenanceRun.objects.filter(pk=run.pk)
+
+
+def claim(run: MaintenanceRun, worker: str = "") -> Claim:
+    """Make `run` the active run of its operation. Returns a Claim; when it is not ok the
+    run was skipped, deferred, given up, or is not this delivery's to run."""
+    run.refresh_from_db()
+    if run.status in ACTIVE:
+        return _reclaim(run, worker)
+    if run.status != Status.QUEUED:
+        return Claim()  # paused, cancelled, finished: a stale delivery has nothing to do
+    if _given_up(run):
+        return Claim()
+    for _ in range(10):
+        holder = (
+            MaintenanceRun.objects.filter(operation=run.operation, status__in=ACTIVE)
+            .exclude(pk=run.pk)
+            .first()
+        )
+        if holder is not None:
+            if not is_dead(holder):
+                _wait_or_skip(run, holder)
+                return Claim()
+            _abandon(holder, taken_over_by=run)
+            continue
+        token = uuid.uuid4().hex
+        try:
+            with transaction.atomic():
+                claimed = _runs(run).claim(token, worker)
+        except IntegrityError:
+            continue  # another trigger got there first: look at the holder again
+        run.refresh_from_db()
+        return Claim(token) if claimed else Claim()
+    raise RuntimeError(f"could not settle who runs {run.operation}")
+
+
+def _given_up(run: MaintenanceRun) -> bool:
+    """After MAINTENANCE_MAX_ATTEMPTS starts in a row without a committed batch, fail."""
+    limit = settings.MAINTENANCE_MAX_ATTEMPTS
+    if run.idle_attempts < limit:
+        return False
+    note = (
+        f"gave up after {run.idle_attempts} attempts in a row without progress "
+        f"(MAINTENANCE_MAX_ATTEMPTS={limit}); data is as of batch {run.batches}"
+    )
+    _runs(run).filter(idle_attempts__gte=limit).fail(note)
+    run.refresh_from_db()
+    return True
+
+
+def _wait_or_skip(run: MaintenanceRun, holder: MaintenanceRun) -> None:
+    """A fresh trigger is skipped; a resumed run (it has work done) waits its turn as
+    interrupted, and the sweeper sends it again once the holder is gone."""
+    note = f"{run.operation} is already running as run #{holder.pk}"
+    if run.checkpoint:
+        _runs(run).transition("defer", error=f"waiting: {note}")
+    else:
+        _runs(run).skip(holder, note)
+    run.refresh_from_db()
+
+
+def _reclaim(run: MaintenanceRun, worker: str) -> Claim:
+    """The same run delivered again (acks_late redelivery, or a message the sweeper sent
+    again). Wait until the earlier attempt ends or its lease runs out, then take over."""
+    deadline = time.monotonic() + settings.MAINTENANCE_LEASE_SECONDS + 5
+    while True:
+        run.refresh_from_db()
+        if run.status not in ACTIVE:
+            return Claim()
+        if is_dead(run):
+            break
+        if time.monotonic() > deadline:
+            return Claim()
+        time.sleep(min(2.0, settings.MAINTENANCE_LEASE_SECONDS / 4))
+    token = uuid.uuid4().hex
+    taken = _runs(run).take_over(run.lease_token, token, worker)
+    run.refresh_from_db()
+    return Claim(token) if taken else Claim()
+
+
+def _abandon(holder: MaintenanceRun, taken_over_by: MaintenanceRun) -> None:
+    """Fail a dead holder, only if nobody has touched it since we looked; the new run
+    resumes from its checkpoint."""
+    note = (
+        f"abandoned: no heartbeat since {holder.heartbeat_at or holder.started_at} "
+        f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); taken over by run #{taken_over_by.pk}"
+    )
+    MaintenanceRun.objects.filter(pk=holder.pk).fail(note, token=holder.lease_token)

@@ -1,0 +1,358 @@
+"""The runner: executes a recorded run batch by batch until it ends or must stop.
+
+Each batch runs in one transaction with its findings, its batch log row, the run's
+counters, checkpoint and heartbeat; the run row is only updated while this runner holds
+the lease, so a runner that lost it commits nothing. The same UPDATE tells the runner
+whether the operator asked it to pause or cancel, or its worker to give the run back;
+it then stops at that batch boundary. Transient database errors are retried with
+backoff; anything else fails the run with a readable error, leaving the data as of the
+last committed batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from maintenance import oneline, operations
+from maintenance.engine import leases
+from maintenance.engine.interrupts import sigint_held
+from maintenance.engine.iteration import BatchResult, RunContext
+from maintenance.engine.states import ACTIVE, Status
+from maintenance.models import Finding, MaintenanceRun, RunBatch
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another runner took this run over; this one must stop without writing."""
+
+
+@dataclass
+class BatchReport:
+    """What the runner tells its caller after each committed batch (progress bars)."""
+
+    run_id: int
+    number: int
+    processed: int
+    changed: int
+    findings: int
+    seconds: float
+    position: object
+    total: int | None
+
+    @classmethod
+    def of(cls, run: MaintenanceRun, batch: RunBatch) -> BatchReport:
+        return cls(
+            run_id=run.pk,
+            number=batch.number,
+            processed=batch.processed,
+            changed=batch.changed,
+            findings=batch.findings,
+            seconds=batch.seconds,
+            position=batch.position,
+            total=run.total,
+        )
+
+
+@dataclass
+class Budget:
+    """When a worker wants its process back: after `slice_seconds` of work, when
+    `should_yield()` says the worker is shutting down, or when one of `interruptions`
+    (the soft time limit) is raised. Inline runs have no budget."""
+
+    slice_seconds: float | None = None
+    should_yield: Callable[[], bool] = lambda: False
+    interruptions: tuple[type[BaseException], ...] = ()
+    # puts an interrupted run back on the queue; None leaves it to the sweeper
+    requeue: Callable[[MaintenanceRun], None] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def used_up(self) -> str:
+        """Why the run must give the worker back now, or ''."""
+        if self.should_yield():
+            return "the worker is shutting down"
+        if self.slice_seconds is not None and time.monotonic() - self.started >= self.slice_seconds:
+            return f"its slice of {self.slice_seconds:g}s is used up"
+        return ""
+
+
+INLINE = Budget()
+
+
+def execute(
+    run: MaintenanceRun,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    budget: Budget = INLINE,
+    worker: str = "",
+) -> MaintenanceRun:
+    """Run `run` until it ends or must stop, and return it refreshed."""
+    claim = with_retries(lambda: leases.claim(run, worker))
+    if not claim.ok:
+        run.refresh_from_db()
+        return run
+    runner = _Runner(run, claim.token, on_batch or (lambda report: None), budget)
+    try:
+        runner.run()
+    except LeaseLost:
+        logger.warning("run #%s was taken over by another runner; stopping", run.pk)
+    except KeyboardInterrupt:
+        with sigint_held():  # a second Ctrl-C must not leave the run active
+            _reset_interrupted_connection()
+            runner.pause_now()
+        raise
+    except budget.interruptions:
+        # The transaction of the batch under way rolled back: stop as of the last one.
+        runner.stop("interrupted by the time limit")
+    except Exception as error:  # the run records it; the caller reads run.error
+        logger.exception("run #%s failed", run.pk)
+        runner.fail(
+            f"{oneline.describe(error)} (data is as of batch {runner.committed}; "
+            "the next trigger with the same parameters resumes from there)"
+        )
+    run.refresh_from_db()
+    if run.status == Status.INTERRUPTED and budget.requeue is not None:
+        budget.requeue(run)
+        run.refresh_from_db()
+    return run
+
+
+def _reset_interrupted_connection() -> None:
+    """A Ctrl-C can land in the middle of a query, leaving the database connection busy
+    (psycopg: "connection in transaction status ACTIVE"). Drop it; the next query that
+    records the run's end reconnects."""
+    if connection.in_atomic_block:
+        return
+    raw = connection.connection
+    if raw is not None:
+        with contextlib.suppress(Exception):
+            raw.rollback()
+    with contextlib.suppress(Exception):
+        connection.close()
+
+
+def with_retries(action):
+    """Call `action`, retrying transient database errors with exponential backoff."""
+    attempts = settings.MAINTENANCE_DB_RETRIES
+    for attempt in range(attempts + 1):
+        try:
+            return action()
+        except (OperationalError, InterfaceError) as error:
+            if attempt == attempts or connection.in_atomic_block:
+                raise
+            delay = settings.MAINTENANCE_RETRY_BACKOFF * 2**attempt
+            logger.warning("database error (%s); retry %d in %.1fs", error, attempt + 1, delay)
+            connection.close()  # the next query reconnects
+            time.sleep(delay)
+
+
+class _Runner:
+    def __init__(self, run, token, on_batch, budget: Budget):
+        self.run_record = run
+        self.token = token
+        self.on_batch = on_batch
+        self.budget = budget
+        self.operation = operations.get(run.operation)
+        self.committed = run.batches  # the last batch number committed
+        self.context: RunContext | None = None
+
+    def _mine(self):
+        return MaintenanceRun.objects.filter(pk=self.run_record.pk, lease_token=self.token)
+
+    def run(self) -> None:
+        checkpoint = with_retries(self._starting_checkpoint)
+        self.committed = self.run_record.batches
+        first = True
+        while not checkpoint["done"]:
+            # At least one batch per slice: a run always makes progress when it runs.
+            reason = "" if first else self.budget.used_up()
+            if reason:
+                self.stop(f"interrupted: {reason}")
+                return
+            first = False
+            number = self.committed + 1
+            checkpoint, report, keep_going = with_retries(
+                lambda n=number, c=checkpoint: self._commit_batch(n, c)
+            )
+            if report is not None:
+                self.committed = number
+                self.on_batch(report)
+            if not keep_going and not checkpoint["done"]:
+                self.stop("")
+                return
+        with_retries(lambda: self._mine().succeed(self.token))
+
+    # --- the start: this run's checkpoint, a failed run's, or a fresh one ---
+
+    def _starting_checkpoint(self) -> dict:
+        run = self.run_record
+        run.refresh_from_db()
+        if run.checkpoint and self._can_resume(run.checkpoint):
+            checkpoint = run.checkpoint
+        else:
+            source = None if run.checkpoint else self._resumable_run()
+            if source is not None:
+                checkpoint = {**source.checkpoint}
+            else:
+                prepared = self.operation.prepare(run.params, timezone.now())
+                checkpoint = {"context": prepared, "position": None, "done": False}
+            updated = self._mine().update(
+                checkpoint=checkpoint, resumed_from=source, heartbeat_at=timezone.now()
+            )
+            if not updated:
+                raise LeaseLost()
+        self.context = self._context(checkpoint)
+        remaining = self.operation.count_remaining(self.context, checkpoint["position"])
+        total = None if remaining is None else run.processed + remaining
+        self._mine().update(total=total)
+        run.refresh_from_db()
+        return checkpoint
+
+    def _context(self, checkpoint: dict) -> RunContext:
+        run = self.run_record
+        return RunContext(
+            run_id=run.pk,
+            params=run.params,
+            prepared=checkpoint["context"],
+            dry_run=run.dry_run,
+            batch_size=run.batch_size,
+        )
+
+    def _resumable_run(self) -> MaintenanceRun | None:
+        run = self.run_record
+        window = timedelta(hours=settings.MAINTENANCE_RESUME_WINDOW_HOURS)
+        previous = (
+            MaintenanceRun.objects.filter(
+                operation=run.operation,
+                status=Status.FAILED,
+                dry_run=run.dry_run,
+                created_at__gte=timezone.now() - window,
+                created_at__lt=run.created_at,
+            )
+            .exclude(pk=run.pk)
+            .order_by("-created_at", "-pk")
+            .first()
+        )
+        if previous is None or previous.params != run.params:
+            return None
+        if not previous.checkpoint or previous.checkpoint.get("done"):
+            return None
+        if not self._can_resume(previous.checkpoint):
+            return None
+        finished_since = MaintenanceRun.objects.filter(
+            operation=run.operation,
+            status=Status.SUCCEEDED,
+            created_at__gt=previous.created_at,
+        ).exists()
+        return None if finished_since else previous
+
+    def _can_resume(self, checkpoint: dict) -> bool:
+        """The operation's say on reusing `checkpoint` (e.g. the file is still the same)."""
+        return self.operation.can_resume(self.run_record.params, checkpoint.get("context", {}))
+
+    # --- one batch ---
+
+    def _commit_batch(self, number: int, checkpoint: dict):
+        """Run and commit one batch. Returns (checkpoint, report, keep going)."""
+        run = self.run_record
+        started = time.perf_counter()
+        with transaction.atomic():
+            result = self.operation.run_batch(self.context, checkpoint["position"])
+            new_checkpoint = {**checkpoint, "position": result.position, "done": result.done}
+            now = timezone.now()
+            self._record_findings(result, now)
+            seconds = time.perf_counter() - started
+            logged = None
+            if result.processed:
+                logged = RunBatch.objects.create(
+                    run_id=run.pk,
+                    number=number,
+                    position=result.position,
+                    processed=result.processed,
+                    changed=result.changed,
+                    findings=len(result.findings),
+                    changed_ids=result.changed_ids,
+                    seconds=seconds,
+                    committed_at=now,
+                )
+            progress = {
+                "processed": F("processed") + result.processed,
+                "changed": F("changed") + result.changed,
+                "findings": F("findings") + len(result.findings),
+                "batches": F("batches") + (1 if logged else 0),
+                "work_seconds": F("work_seconds") + seconds,
+                "checkpoint": new_checkpoint,
+                "heartbeat_at": now,
+                "idle_attempts": 0,
+            }
+            keep_going = True
+            # The usual case in one UPDATE: still ours, still running, nobody asked to stop.
+            if (
+                not self._mine()
+                .filter(status=Status.RUNNING, stop_requested=False)
+                .update(**progress)
+            ):
+                if not self._mine().filter(status__in=ACTIVE).update(**progress):
+                    raise LeaseLost()
+                keep_going = False  # pausing, cancelling, or the worker wants it back
+        report = BatchReport.of(run, logged) if logged else None
+        return new_checkpoint, report, keep_going
+
+    def _record_findings(self, result: BatchResult, now) -> None:
+        if not result.findings:
+            return
+        Finding.objects.bulk_create(
+            [
+                Finding(
+                    run_id=self.run_record.pk,
+                    rule=f.rule,
+                    model=f.model,
+                    object_id=f.object_id,
+                    message=f.message,
+                    fixed=f.fixed,
+                    before=f.before,
+                    after=f.after,
+                    created_at=now,
+                )
+                for f in result.findings
+            ]
+        )
+
+    # --- ends other than success ---
+
+    def stop(self, note: str) -> None:
+        """Stop at this batch boundary: paused, cancelled, or interrupted (re-queued)."""
+        with_retries(lambda: self._mine().stop(self.token, note))
+
+    def pause_now(self) -> None:
+        """Ctrl-C: the operator stopped an inline run; keep it, resumable, as paused."""
+
+        def record():
+            # The signal may land between a batch's commit and self.committed.
+            committed = self._mine().values_list("batches", flat=True).first()
+            self._mine().pause()
+            self._mine().stop(
+                self.token,
+                f"paused by Ctrl-C; data is as of batch {committed}; "
+                f"resume with: manage.py maintenance_run resume {self.run_record.pk}",
+            )
+
+        try:
+            with_retries(record)
+        except (OperationalError, InterfaceError):
+            logger.exception("could not record the pause of run #%s", self.run_record.pk)
+
+    def fail(self, message: str) -> None:
+        try:
+            with_retries(lambda: self._mine().fail(message, token=self.token))
+        except (OperationalError, InterfaceError):
+            logger.exception("could not record the failure of run #%s", self.run_record.pk)

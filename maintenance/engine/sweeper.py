@@ -1,0 +1,95 @@
+"""The sweeper keeps runs moving with nobody watching. It runs inside the every-minute
+heartbeat task:
+
+- a run whose lease expired (its worker was killed, its machine lost) becomes
+  `interrupted` (or `paused` / `cancelled` if the operator had asked for that);
+- an interrupted run is resumed and sent again, once no other run holds its operation;
+- a queued run whose message was lost (queued longer than
+  MAINTENANCE_REQUEUE_AFTER_SECONDS, never started) is sent again.
+
+Every move is a conditional transition, so two sweepers, or a sweeper racing a worker
+that takes the run over, can never both act on one run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from maintenance.engine import leases
+from maintenance.engine.states import ACTIVE, Status
+from maintenance.models import MaintenanceRun
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Sweep:
+    expired: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+    resent: list[int] = field(default_factory=list)
+
+
+def sweep(send: Callable[[MaintenanceRun], None], now: datetime | None = None) -> Sweep:
+    now = now or timezone.now()
+    done = Sweep()
+    _expire_dead(now, done)
+    _requeue_interrupted(send, done)
+    _resend_lost(send, now, done)
+    if done.expired or done.requeued or done.resent:
+        logger.warning("sweeper: %s", done)
+    return done
+
+
+def _expire_dead(now: datetime, done: Sweep) -> None:
+    cutoff = now - leases.lease()
+    dead = MaintenanceRun.objects.filter(status__in=ACTIVE).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+    for run in dead:
+        note = (
+            f"interrupted: no heartbeat since {run.heartbeat_at or run.started_at} "
+            f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); data is as of batch {run.batches}"
+        )
+        # Only if nobody has touched it since we looked (same token, same heartbeat).
+        same = MaintenanceRun.objects.filter(
+            pk=run.pk, lease_token=run.lease_token, heartbeat_at=run.heartbeat_at
+        )
+        if same.expire(note):
+            done.expired.append(run.pk)
+
+
+def _requeue_interrupted(send: Callable[[MaintenanceRun], None], done: Sweep) -> None:
+    busy = set(MaintenanceRun.objects.filter(status__in=ACTIVE).values_list("operation", flat=True))
+    for run in MaintenanceRun.objects.filter(status=Status.INTERRUPTED).order_by("created_at"):
+        if run.operation in busy:
+            continue  # it would only be deferred again
+        if MaintenanceRun.objects.filter(pk=run.pk).resume():
+            busy.add(run.operation)
+            _send(send, run)
+            done.requeued.append(run.pk)
+
+
+def _resend_lost(send: Callable[[MaintenanceRun], None], now: datetime, done: Sweep) -> None:
+    cutoff = now - timedelta(seconds=settings.MAINTENANCE_REQUEUE_AFTER_SECONDS)
+    lost = MaintenanceRun.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
+    for run in lost:
+        # Refresh queued_at first and only if it is unchanged: one sweeper re-sends it.
+        if MaintenanceRun.objects.filter(
+            pk=run.pk, status=Status.QUEUED, queued_at=run.queued_at
+        ).update(queued_at=now):
+            _send(send, run)
+            done.resent.append(run.pk)
+
+
+def _send(send: Callable[[MaintenanceRun], None], run: MaintenanceRun) -> None:
+    try:
+        send(run)
+    except Exception:  # the broker is down: the next sweep tries again
+        logger.exception("sweeper could not send run #%s", run.pk)
