@@ -1,12 +1,22 @@
 """Run history in the admin: read-only, with status, trigger, progress and duration."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
 from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 
 from maintenance import schedule_admin  # noqa: F401  (registers the PeriodicTask admin)
 from maintenance.admin_actions import may_start, start_from_admin
+from maintenance.engine import control
+from maintenance.engine.enqueue import BrokerUnavailable, send
+from maintenance.engine.states import TRANSITIONS
 from maintenance.models import Finding, Heartbeat, MaintenanceRun, RunBatch
-from maintenance.reporting import admin_findings_path
+from maintenance.reporting import admin_findings_path, eta_s, rows_per_s
+
+CONTROL_LABELS = {"pause": "Pause", "resume": "Resume", "cancel": "Cancel"}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -54,6 +64,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "started_at",
         "finished_at",
         "heartbeat_at",
+        "worker",
         "attempts",
         "progress",
         "processed",
@@ -67,7 +78,76 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "error",
     ]
     fields = readonly_fields
-    actions = ["rerun", "dry_run_again"]
+    actions = ["rerun", "dry_run_again", "pause_runs", "resume_runs", "cancel_runs"]
+
+    # --- pause, resume and cancel: buttons on the run page and list actions ---
+
+    def get_urls(self):
+        control_view = self.admin_site.admin_view(require_POST(self.control_view))
+        return [
+            path(
+                "<int:run_id>/control/<str:action>/",
+                control_view,
+                name="maintenance_maintenancerun_control",
+            ),
+            *super().get_urls(),
+        ]
+
+    def control_view(self, request, run_id, action):
+        if action not in CONTROL_LABELS:
+            raise Http404(f"no action {action!r}")
+        if not may_start(request):
+            raise PermissionDenied
+        run = get_object_or_404(MaintenanceRun, pk=run_id)
+        self._control(request, run, action)
+        return redirect(reverse("admin:maintenance_maintenancerun_change", args=[run.pk]))
+
+    def _control(self, request, run, action):
+        """One action on one run, and one message saying what happened."""
+        try:
+            if action == "resume":
+                control.resume(run, send=send)
+            else:
+                getattr(control, action)(run)
+        except control.NotAllowed as refused:
+            self.message_user(request, str(refused), messages.ERROR)
+        except BrokerUnavailable as error:
+            self.message_user(
+                request,
+                f"Run #{run.pk} is queued but could not be sent ({error}); "
+                "the sweeper sends it again once the broker answers.",
+                messages.WARNING,
+            )
+        else:
+            self.message_user(request, f"Run #{run.pk} is {run.status}.", messages.SUCCESS)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = MaintenanceRun.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        allowed = []
+        if run is not None and may_start(request):
+            allowed = [
+                (action, label)
+                for action, label in CONTROL_LABELS.items()
+                if run.status in TRANSITIONS[action]
+            ]
+        context = {**(extra_context or {}), "control_actions": allowed}
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def _control_each(self, request, queryset, action):
+        for run in queryset.order_by("id"):
+            self._control(request, run, action)
+
+    @admin.action(description="Pause selected runs", permissions=["start"])
+    def pause_runs(self, request, queryset):
+        self._control_each(request, queryset, "pause")
+
+    @admin.action(description="Resume selected runs", permissions=["start"])
+    def resume_runs(self, request, queryset):
+        self._control_each(request, queryset, "resume")
+
+    @admin.action(description="Cancel selected runs", permissions=["start"])
+    def cancel_runs(self, request, queryset):
+        self._control_each(request, queryset, "cancel")
 
     def has_start_permission(self, request):
         return may_start(request)
@@ -91,19 +171,36 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
             "succeeded": "#2e7d32",
             "failed": "#c62828",
             "running": "#1565c0",
+            "pausing": "#1565c0",
+            "cancelling": "#1565c0",
+            "paused": "#ef6c00",
+            "interrupted": "#ef6c00",
+            "cancelled": "#9e9e9e",
             "skipped": "#9e9e9e",
             "queued": "#6d4c41",
         }
+        if control.is_stale(run):
+            return format_html(
+                '<strong style="color:#c62828">{} (stale: no heartbeat since {})</strong>',
+                run.status,
+                run.heartbeat_at,
+            )
         return format_html(
             '<strong style="color:{}">{}</strong>', colours.get(run.status, "#000"), run.status
         )
 
     @admin.display(description="progress")
     def progress(self, run):
+        text = f"{run.processed:,}"
         if run.total:
             share = min(100, 100 * run.processed // run.total)
-            return f"{run.processed:,} / {run.total:,} ({share}%)"
-        return f"{run.processed:,}"
+            text = f"{run.processed:,} / {run.total:,} ({share}%)"
+        rate, eta = rows_per_s(run), eta_s(run)
+        if rate:
+            text += f", {rate:,.0f} rows/s"
+        if eta is not None:
+            text += f", ETA {eta:,.0f}s"
+        return text
 
     @admin.display(description="all findings")
     def findings_link(self, run):

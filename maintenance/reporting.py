@@ -1,5 +1,6 @@
 """A run as the JSON object of DESIGN.md, and as lines for people."""
 
+from maintenance.engine.control import is_stale
 from maintenance.models import MaintenanceRun
 
 
@@ -19,7 +20,53 @@ def run_summary(run):
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "duration_s": run.duration_s,
         "error": run.error or None,
+        # progress and control (DESIGN.md "Run states and operator control")
+        "total": run.total,
+        "rows_per_s": rows_per_s(run),
+        "eta_s": eta_s(run),
+        "stale": is_stale(run),
+        "throttled_s": 0.0,
+        "throttle_reason": None,
+        "attempts": run.attempts,
+        "partitions": [],
     }
+
+
+def rows_per_s(run) -> float | None:
+    """Rows looked at per second of batch work (time waiting in the queue not counted)."""
+    if not run.processed or run.work_seconds <= 0:
+        return None
+    return round(run.processed / run.work_seconds, 1)
+
+
+def eta_s(run) -> float | None:
+    """Seconds of work left at the current rate, while the run is not finished."""
+    rate = rows_per_s(run)
+    if run.is_finished or not rate or run.total is None:
+        return None
+    return round(max(run.total - run.processed, 0) / rate, 1)
+
+
+def run_progress_line(run) -> str:
+    """One line for `maintenance_run list/show`: status, progress, rate and ETA."""
+    status = (
+        f"{run.status} (stale: no heartbeat since {run.heartbeat_at:%H:%M:%S})"
+        if (is_stale(run))
+        else run.status
+    )
+    done = f"{run.processed:,}" + (f"/{run.total:,}" if run.total is not None else "")
+    if run.total:
+        done += f" ({min(100, 100 * run.processed // run.total)}%)"
+    parts = [f"#{run.pk} {run.operation}{' (dry run)' if run.dry_run else ''}", status, done]
+    rate, eta = rows_per_s(run), eta_s(run)
+    if rate:
+        parts.append(f"{rate:,.0f} rows/s")
+    if eta is not None:
+        parts.append(f"ETA {eta:,.0f}s")
+    parts.append(f"{run.changed:,} changed, {run.findings:,} findings, attempt {run.attempts}")
+    if run.error:
+        parts.append(run.error)
+    return " | ".join(parts)
 
 
 def unfixed_findings(run):
