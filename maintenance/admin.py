@@ -122,7 +122,9 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
             self.message_user(request, f"Run #{run.pk} is {run.status}.", messages.SUCCESS)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        run = MaintenanceRun.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        wanted = str(object_id)
+        known = wanted.isascii() and wanted.isdigit() and len(wanted) < 19
+        run = MaintenanceRun.objects.filter(pk=wanted).first() if known else None
         allowed = []
         if run is not None and may_start(request):
             allowed = [

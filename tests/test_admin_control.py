@@ -94,3 +94,10 @@ def test_list_actions_act_on_each_selected_run(client, monkeypatch):
     client.post(url, {"action": "cancel_runs", "_selected_action": [runs[1].pk]})
     statuses = [MaintenanceRun.objects.get(pk=r.pk).status for r in runs]
     assert statuses == [Status.QUEUED, Status.CANCELLED, Status.PAUSED]
+
+
+@pytest.mark.parametrize("object_id", ["²", "١", "99999999999999999999999", "abc"])
+def test_a_run_page_of_a_strange_id_is_never_a_500(client, object_id):
+    staff(client, may_start=True)
+    url = reverse("admin:maintenance_maintenancerun_change", args=[object_id])
+    assert client.get(url).status_code in (302, 404)
