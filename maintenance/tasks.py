@@ -58,7 +58,7 @@ def _ask_runs_to_give_back(sender=None, **kwargs):
 def _requeue(run: MaintenanceRun) -> None:
     """An interrupted run goes straight back on the queue; if the broker cannot take it,
     the sweeper sends it later."""
-    if MaintenanceRun.objects.filter(pk=run.pk).resume():
+    if MaintenanceRun.objects.filter(pk=run.pk).requeue():
         try:
             send(run)
         except BrokerUnavailable as error:

@@ -342,6 +342,7 @@ def test_any_sequence_of_operator_actions_follows_the_table(old_scenes, actions)
     """Operator actions interleaved with a runner's batches: every move is one the table
     allows, a refused one changes nothing, and the data is always whole batches."""
     Scene.objects.update(archived_at=None)
+    MaintenanceRun.objects.all().delete()
     run = new_run()
     for action in actions:
         before = MaintenanceRun.objects.get(pk=run.pk).status
@@ -363,3 +364,75 @@ def test_any_sequence_of_operator_actions_follows_the_table(old_scenes, actions)
     run.refresh_from_db()
     assert run.status not in ACTIVE  # no runner is left holding it
     assert archived() == logged_ids(run)
+
+
+# --- races found by review ---
+
+
+def test_a_pause_that_lands_between_interrupt_and_requeue_wins(old_scenes):
+    run = execute(new_run(), budget=Budget(should_yield=lambda: True))  # interrupted
+    assert run.status == Status.INTERRUPTED
+    control.pause(run)  # the operator, just before the runner re-queues it
+
+    assert MaintenanceRun.objects.filter(pk=run.pk).requeue() == 0
+    assert sweep(send=lambda r: None).requeued == []
+    run.refresh_from_db()
+    assert run.status == Status.PAUSED
+
+
+def test_a_redelivery_of_a_dead_pausing_run_pauses_it_instead_of_running_on(old_scenes, settings):
+    settings.MAINTENANCE_LEASE_SECONDS = 1
+    run = killed_mid_run()
+    control.pause(run)  # running -> pausing, but its runner is gone
+    before = run.batches
+
+    run = execute(run)  # the message delivered again
+
+    assert run.status == Status.PAUSED and run.batches == before
+
+
+def test_a_run_that_keeps_killing_its_worker_is_not_taken_over_forever(old_scenes, settings):
+    settings.MAINTENANCE_LEASE_SECONDS = 1
+    settings.MAINTENANCE_MAX_ATTEMPTS = 3
+    run = killed_mid_run()
+    MaintenanceRun.objects.filter(pk=run.pk).update(idle_attempts=3)
+
+    run = execute(run)  # redelivered after the crash
+
+    assert run.status == Status.FAILED and "without progress" in run.error
+
+
+def test_a_fresh_trigger_yields_to_a_run_between_slices(old_scenes):
+    first = execute(new_run(), budget=Budget(slice_seconds=0, requeue=lambda r: None))
+    MaintenanceRun.objects.filter(pk=first.pk).requeue()  # queued for its next slice
+
+    second = execute(new_run())
+
+    assert second.status == Status.SKIPPED and second.skipped_because_of_id == first.pk
+    assert f"under way as run #{first.pk}" in second.error
+
+
+def test_only_the_newest_message_of_a_run_runs_it(old_scenes):
+    from maintenance.tasks import OPERATION_TASKS
+
+    run = new_run()
+    MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id="newest")
+    task = OPERATION_TASKS["archive_old_scenes"]
+
+    stale = factories.task_summary(task.apply(kwargs={"run_id": run.pk}, task_id="older"))
+    assert stale["status"] == "queued" and archived() == set()
+    current = factories.task_summary(task.apply(kwargs={"run_id": run.pk}, task_id="newest"))
+    assert current["status"] == "succeeded" and archived() == old_scenes
+
+
+def test_the_sweeper_fails_a_run_of_an_operation_that_no_longer_exists(settings):
+    settings.MAINTENANCE_REQUEUE_AFTER_SECONDS = 1
+    run = new_run()
+    MaintenanceRun.objects.filter(pk=run.pk).update(
+        operation="retired_operation", queued_at=timezone.now() - timedelta(seconds=5)
+    )
+
+    sweep(send=lambda r: None)
+
+    run.refresh_from_db()
+    assert run.status == Status.FAILED and "no longer exists" in run.error

@@ -20,6 +20,9 @@ from django.utils import timezone
 from maintenance.engine.states import ACTIVE, Status
 from maintenance.models import MaintenanceRun
 
+# Started and not finished, though no runner holds it right now.
+UNDER_WAY = (Status.QUEUED, Status.INTERRUPTED, Status.PAUSED)
+
 
 @dataclass
 class Claim:
@@ -53,6 +56,23 @@ def claim(run: MaintenanceRun, worker: str = "") -> Claim:
         return Claim()  # paused, cancelled, finished: a stale delivery has nothing to do
     if _given_up(run):
         return Claim()
+    if not _was_requeued(run):
+        # A fresh trigger also yields to a run of its operation that is between slices,
+        # paused or waiting: it is already under way, and would only be done twice.
+        started = (
+            MaintenanceRun.objects.filter(
+                operation=run.operation, status__in=UNDER_WAY, checkpoint__isnull=False
+            )
+            .exclude(pk=run.pk)
+            .order_by("created_at")
+            .first()
+        )
+        if started is not None:
+            _runs(run).skip(
+                started, f"{run.operation} is under way as run #{started.pk} ({started.status})"
+            )
+            run.refresh_from_db()
+            return Claim()
     for _ in range(10):
         holder = (
             MaintenanceRun.objects.filter(operation=run.operation, status__in=ACTIVE)
@@ -90,11 +110,16 @@ def _given_up(run: MaintenanceRun) -> bool:
     return True
 
 
+def _was_requeued(run: MaintenanceRun) -> bool:
+    """Resumed, re-queued after a slice, or sent again: not a fresh trigger."""
+    return bool(run.checkpoint) or run.queued_at > run.created_at + timedelta(seconds=1)
+
+
 def _wait_or_skip(run: MaintenanceRun, holder: MaintenanceRun) -> None:
-    """A fresh trigger is skipped; a resumed run (it has work done) waits its turn as
+    """A fresh trigger is skipped; a resumed or re-queued run waits its turn as
     interrupted, and the sweeper sends it again once the holder is gone."""
     note = f"{run.operation} is already running as run #{holder.pk}"
-    if run.checkpoint:
+    if _was_requeued(run):
         _runs(run).transition("defer", error=f"waiting: {note}")
     else:
         _runs(run).skip(holder, note)
@@ -114,17 +139,38 @@ def _reclaim(run: MaintenanceRun, worker: str) -> Claim:
         if time.monotonic() > deadline:
             return Claim()
         time.sleep(min(2.0, settings.MAINTENANCE_LEASE_SECONDS / 4))
+    if run.status != Status.RUNNING or _given_up(run):
+        # The operator's pause or cancel outlives the runner; a run that keeps dying
+        # (a batch that kills its worker) stops being taken over.
+        _expire(run)
+        return Claim()
     token = uuid.uuid4().hex
     taken = _runs(run).take_over(run.lease_token, token, worker)
     run.refresh_from_db()
     return Claim(token) if taken else Claim()
 
 
+def _expire(run: MaintenanceRun) -> None:
+    """Interrupt a dead run (pausing -> paused, cancelling -> cancelled), only if
+    nobody has touched it since we looked."""
+    MaintenanceRun.objects.filter(
+        pk=run.pk, lease_token=run.lease_token, heartbeat_at=run.heartbeat_at
+    ).expire(f"interrupted: no heartbeat since {run.heartbeat_at or run.started_at}")
+    run.refresh_from_db()
+
+
 def _abandon(holder: MaintenanceRun, taken_over_by: MaintenanceRun) -> None:
-    """Fail a dead holder, only if nobody has touched it since we looked; the new run
-    resumes from its checkpoint."""
+    """A dead holder, only if nobody has touched it since we looked: one the operator
+    asked to pause or cancel becomes paused or cancelled; a running one fails and the
+    new run resumes from its checkpoint."""
+    same = MaintenanceRun.objects.filter(
+        pk=holder.pk, lease_token=holder.lease_token, heartbeat_at=holder.heartbeat_at
+    )
+    if holder.status != Status.RUNNING:
+        same.expire(f"interrupted: no heartbeat since {holder.heartbeat_at}")
+        return
     note = (
         f"abandoned: no heartbeat since {holder.heartbeat_at or holder.started_at} "
         f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); taken over by run #{taken_over_by.pk}"
     )
-    MaintenanceRun.objects.filter(pk=holder.pk).fail(note, token=holder.lease_token)
+    same.fail(note)

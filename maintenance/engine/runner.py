@@ -12,6 +12,7 @@ last committed batch.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -101,15 +102,13 @@ def execute(
         run.refresh_from_db()
         return run
     runner = _Runner(run, claim.token, on_batch or (lambda report: None), budget)
+    ctrl_c = False
     try:
         runner.run()
     except LeaseLost:
         logger.warning("run #%s was taken over by another runner; stopping", run.pk)
     except KeyboardInterrupt:
-        with sigint_held():  # a second Ctrl-C must not leave the run active
-            _reset_interrupted_connection()
-            runner.pause_now()
-        raise
+        ctrl_c = True  # recorded below, once the traceback and its cursors are gone
     except budget.interruptions:
         # The transaction of the batch under way rolled back: stop as of the last one.
         runner.stop("interrupted by the time limit")
@@ -119,6 +118,14 @@ def execute(
             f"{oneline.describe(error)} (data is as of batch {runner.committed}; "
             "the next trigger with the same parameters resumes from there)"
         )
+    if ctrl_c:
+        with sigint_held():  # a second Ctrl-C must not leave the run active
+            # The interrupted statement's half-read cursors (SQLite: its lock) live as
+            # long as the traceback's frames: collect them before recording anything.
+            gc.collect()
+            _reset_interrupted_connection()
+            runner.pause_now()
+        raise KeyboardInterrupt
     run.refresh_from_db()
     if run.status == Status.INTERRUPTED and budget.requeue is not None:
         budget.requeue(run)
@@ -213,7 +220,8 @@ class _Runner:
         self.context = self._context(checkpoint)
         remaining = self.operation.count_remaining(self.context, checkpoint["position"])
         total = None if remaining is None else run.processed + remaining
-        self._mine().update(total=total)
+        # The start may have taken a while (counting, hashing a file): renew the lease.
+        self._mine().update(total=total, heartbeat_at=timezone.now())
         run.refresh_from_db()
         return checkpoint
 

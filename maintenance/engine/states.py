@@ -46,7 +46,11 @@ TRANSITIONS: dict[str, dict[str, str]] = {
         Status.INTERRUPTED: Status.PAUSED,
         Status.RUNNING: Status.PAUSING,
     },
+    # operator: a paused or interrupted run goes back on the queue
     "resume": {Status.PAUSED: Status.QUEUED, Status.INTERRUPTED: Status.QUEUED},
+    # the runner or the sweeper: an interrupted run back on the queue (never a paused one:
+    # an operator's pause that lands in between wins)
+    "requeue": {Status.INTERRUPTED: Status.QUEUED},
     "cancel": {
         Status.QUEUED: Status.CANCELLED,
         Status.PAUSED: Status.CANCELLED,
@@ -139,6 +143,7 @@ class RunQuerySet(models.QuerySet):
             heartbeat_at=timezone.now(),
             attempts=F("attempts") + 1,
             idle_attempts=F("idle_attempts") + 1,
+            stop_requested=False,
             worker=worker[:255],
         )
 
@@ -150,6 +155,9 @@ class RunQuerySet(models.QuerySet):
 
     def resume(self) -> int:
         return self.transition("resume", queued_at=timezone.now(), error="")
+
+    def requeue(self) -> int:
+        return self.transition("requeue", queued_at=timezone.now())
 
     def cancel(self) -> int:
         return self.transition("cancel")

@@ -22,9 +22,11 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from maintenance import operations
 from maintenance.engine import leases
 from maintenance.engine.states import ACTIVE, Status
 from maintenance.models import MaintenanceRun
+from maintenance.operations.registry import UnknownOperation
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def _requeue_interrupted(send: Callable[[MaintenanceRun], None], done: Sweep) ->
     for run in MaintenanceRun.objects.filter(status=Status.INTERRUPTED).order_by("created_at"):
         if run.operation in busy:
             continue  # it would only be deferred again
-        if MaintenanceRun.objects.filter(pk=run.pk).resume():
+        if MaintenanceRun.objects.filter(pk=run.pk).requeue():
             busy.add(run.operation)
             _send(send, run)
             done.requeued.append(run.pk)
@@ -89,6 +91,13 @@ def _resend_lost(send: Callable[[MaintenanceRun], None], now: datetime, done: Sw
 
 
 def _send(send: Callable[[MaintenanceRun], None], run: MaintenanceRun) -> None:
+    try:
+        operations.get(run.operation)
+    except UnknownOperation:  # removed by a deploy: no worker can run it
+        MaintenanceRun.objects.filter(pk=run.pk).fail(
+            f"the operation {run.operation!r} no longer exists; nothing more can be done"
+        )
+        return
     try:
         send(run)
     except Exception:  # the broker is down: the next sweep tries again

@@ -69,6 +69,8 @@ def run_from_task(operation_name, kwargs, *, task_id, headers, args=(), budget=I
         if run is None:
             run = record_rejected(operation_name, {"run_id": run_id}, "no such run", **origin)
             return run_summary(run)
+        if _stale(run, task_id):
+            return run_summary(run)
     else:
         run = _redelivered_run(operation_name, task_id)
     if run is None:
@@ -77,6 +79,13 @@ def run_from_task(operation_name, kwargs, *, task_id, headers, args=(), budget=I
         except (ParameterError, TypeError) as error:
             return run_summary(record_rejected(operation_name, kwargs, error, **origin))
     return run_summary(execute(run, budget=budget, worker=worker))
+
+
+def _stale(run, task_id) -> bool:
+    """A message the run has been sent again since (resumed, re-queued, or re-sent by the
+    sweeper): only the newest one may run it, so copies never pile up or wait on each
+    other. A redelivery of the newest message (acks_late) is not stale."""
+    return bool(task_id and run.celery_task_id and task_id != run.celery_task_id)
 
 
 def _recorded_run(operation_name, run_id):

@@ -4,6 +4,13 @@ import django.utils.timezone
 from django.db import migrations, models
 
 
+def queued_when_created(apps, schema_editor):
+    # Older runs were queued when they were created; without this the sweeper would take
+    # every historic queued run for a lost message the day this is deployed.
+    runs = apps.get_model("maintenance", "MaintenanceRun")
+    runs.objects.update(queued_at=models.F("created_at"))
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("maintenance", "0003_schedule_changed_by"),
@@ -67,4 +74,5 @@ class Migration(migrations.Migration):
                 name="one_active_run_per_operation",
             ),
         ),
+        migrations.RunPython(queued_when_created, migrations.RunPython.noop),
     ]

@@ -30,7 +30,9 @@ class ValidateDataIntegrity(Operation):
     )
 
     def walk(self, ctx):
-        chosen = [rule for code, rule in RULES.items() if code in ctx.params["rules"]]
+        # In the run's own order (its params, sorted when validated), not the code's: a
+        # deploy that adds or reorders rules cannot move a resumed run's position.
+        chosen = [RULES[code] for code in ctx.params["rules"] if code in RULES]
         return rules_walk(chosen, ctx.params["chronicle_id"])
 
     def process(self, ctx, batch):

@@ -21,7 +21,7 @@ class Command(cli.OneLineErrorsCommand):
             dest="action", metavar="ACTION", required=True, parser_class=cli.OneLineErrorParser
         )
         listing = actions.add_parser("list", help="The latest runs, newest first.")
-        listing.add_argument("--operation", metavar="OP")
+        listing.add_argument("--operation", metavar="OP", choices=_operation_names())
         listing.add_argument("--status", metavar="S", choices=Status.values)
         listing.add_argument("--limit", metavar="N", type=_limit, default=20)
         listing.add_argument("--json", action="store_true", help="Print a JSON list.")
@@ -53,7 +53,17 @@ class Command(cli.OneLineErrorsCommand):
         else:
             self.stdout.write(run_progress_line(run))
         if options["action"] == "resume" and options.get("inline"):
-            cli.raise_for_outcome(run)
+            self._inline_outcome(run)
+
+    @staticmethod
+    def _inline_outcome(run):
+        """The rest of the run, done here: 0 only when it succeeded."""
+        if run.status in (Status.INTERRUPTED, Status.RUNNING):
+            raise cli.error(
+                f"run #{run.pk} is {run.status}: {run.error or 'another runner holds it'}",
+                cli.EXIT_SKIPPED,
+            )
+        cli.raise_for_outcome(run)
 
     def _act(self, run, options):
         action = options["action"]
@@ -95,6 +105,12 @@ class Command(cli.OneLineErrorsCommand):
             self.stdout.write("No runs.")
         for run in runs:
             self.stdout.write(run_progress_line(run))
+
+
+def _operation_names():
+    from maintenance import operations
+
+    return [operation.name for operation in operations.all_operations()]
 
 
 def _limit(text):
