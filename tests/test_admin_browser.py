@@ -44,12 +44,13 @@ def log_in(browser, live_server, may_start):
     names = ["view_maintenancerun"] + (["start_maintenancerun"] if may_start else [])
     user.user_permissions.set(Permission.objects.filter(codename__in=names))
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{live_server.url}/admin/login/")
     browser.find_element(By.NAME, "username").send_keys("keeper")
     browser.find_element(By.NAME, "password").send_keys("a long password")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    assert "Site administration" in browser.page_source
+    WebDriverWait(browser, 10).until(lambda driver: "Site administration" in driver.page_source)
 
 
 def buttons(browser):
@@ -58,13 +59,16 @@ def buttons(browser):
     return [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".object-tools button")]
 
 
-def press(browser, label):
+def press(browser, label, then):
+    """Click a button and wait for the page that follows to say `then`."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     (button,) = [
         b for b in browser.find_elements(By.CSS_SELECTOR, ".object-tools button") if b.text == label
     ]
     button.click()
+    WebDriverWait(browser, 10).until(lambda driver: then in driver.page_source)
 
 
 def test_an_operator_pauses_resumes_and_cancels_from_the_run_page(
@@ -77,15 +81,13 @@ def test_an_operator_pauses_resumes_and_cancels_from_the_run_page(
     browser.get(f"{live_server.url}/admin/maintenance/maintenancerun/{run.pk}/change/")
     assert buttons(browser) == ["Pause", "Cancel"]
 
-    press(browser, "Pause")
-    assert f"Run #{run.pk} is paused." in browser.page_source
+    press(browser, "Pause", then=f"Run #{run.pk} is paused.")
     assert buttons(browser) == ["Resume", "Cancel"]
 
-    press(browser, "Resume")
-    assert f"Run #{run.pk} is queued." in browser.page_source and sent == [run.pk]
+    press(browser, "Resume", then=f"Run #{run.pk} is queued.")
+    assert sent == [run.pk]
 
-    press(browser, "Cancel")
-    assert f"Run #{run.pk} is cancelled." in browser.page_source
+    press(browser, "Cancel", then=f"Run #{run.pk} is cancelled.")
     assert buttons(browser) == []
     run.refresh_from_db()
     assert run.status == Status.CANCELLED
