@@ -5,12 +5,14 @@ thin; the rules live in operations/, the run's life in engine/."""
 import logging
 import socket
 import threading
+from datetime import datetime
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_shutting_down
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.utils import timezone
 
 from maintenance import heartbeat, operations
 from maintenance.engine.enqueue import BrokerUnavailable, send
@@ -65,6 +67,11 @@ def _requeue(run: MaintenanceRun) -> None:
             logger.warning("%s; the sweeper will send it", error)
 
 
+def _ended_since(summary: dict, moment) -> bool:
+    finished = summary.get("finished_at")
+    return finished is None or datetime.fromisoformat(finished) >= moment
+
+
 def worker_budget() -> Budget:
     """A worker's process is lent, not given: a run gives it back after its slice, on a
     warm shutdown, or at the soft time limit."""
@@ -115,6 +122,7 @@ def _operation_task(operation):
         max_retries=5,
     )
     def run_operation(self, *args, **kwargs):
+        delivered_at = timezone.now()
         # Positional args (a schedule's "args") are refused as a recorded failed run,
         # not a TypeError that nobody records.
         summary = run_from_task(
@@ -126,8 +134,12 @@ def _operation_task(operation):
             budget=worker_budget(),
             worker=str(getattr(self.request, "hostname", None) or ""),
         )
-        if summary["status"] == MaintenanceRun.Status.FAILED:
+        if summary["status"] == MaintenanceRun.Status.FAILED and _ended_since(
+            summary, delivered_at
+        ):
             raise RunFailed.of(summary)
+        # A stale copy for a run that had failed before it came: that failure is
+        # already one FAILURE task; this delivery did nothing.
         return summary
 
     run_operation.__doc__ = operation.description

@@ -436,3 +436,16 @@ def test_the_sweeper_fails_a_run_of_an_operation_that_no_longer_exists(settings)
 
     run.refresh_from_db()
     assert run.status == Status.FAILED and "no longer exists" in run.error
+
+
+def test_a_failed_run_is_one_failure_task_not_one_per_stale_copy():
+    from maintenance.tasks import OPERATION_TASKS
+
+    task = OPERATION_TASKS["archive_old_scenes"]
+    first = task.apply(kwargs={"older_than_days": "soon"})  # a failed run that says why
+    assert first.failed()
+    run_id = first.result.summary["run_id"]
+
+    copy = task.apply(kwargs={"run_id": run_id})  # a stale copy arriving later
+
+    assert copy.successful() and copy.result["status"] == "failed"
