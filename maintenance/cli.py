@@ -17,7 +17,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from tqdm import tqdm
 
-from maintenance.engine.interrupts import sigint_deferred, sigint_held
+from maintenance.engine.interrupts import (
+    reset_interrupted_connection,
+    sigint_deferred,
+    sigint_held,
+)
 from maintenance.engine.runner import BatchReport
 from maintenance.models import MaintenanceRun
 from maintenance.oneline import describe, escape, first_line
@@ -72,13 +76,9 @@ def settle(run_ids, reason: str) -> None:
         mine.fail(reason)
 
     with sigint_held():
-        if not connection.in_atomic_block:
-            # The interrupt may have cut a statement or transaction in half (even Django's
-            # own bookkeeping of it). Roll it back, or SQLite keeps its lock past close().
-            if connection.connection is not None:
-                with contextlib.suppress(Exception):
-                    connection.connection.rollback()
-            connection.close()
+        # The interrupt may have cut a statement or transaction in half (even Django's
+        # own bookkeeping of it).
+        reset_interrupted_connection()
         for attempt in range(SETTLE_ATTEMPTS):
             try:
                 record()

@@ -1,8 +1,11 @@
-"""Holding Ctrl-C off while something must be recorded whole."""
+"""Ctrl-C: holding it off while something must be recorded whole, and the database
+connection it may have cut in the middle of a query."""
 
 import contextlib
 import signal
 import threading
+
+from django.db import connection
 
 
 @contextlib.contextmanager
@@ -33,3 +36,17 @@ def sigint_deferred():
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+def reset_interrupted_connection() -> None:
+    """A Ctrl-C can land in the middle of a query, leaving the connection busy (psycopg:
+    "connection in transaction status ACTIVE") or, on SQLite, holding its lock. Roll back
+    and drop it; the next query reconnects. Inside an atomic block, leave it to atomic."""
+    if connection.in_atomic_block:
+        return
+    raw = connection.connection
+    if raw is not None:
+        with contextlib.suppress(Exception):
+            raw.rollback()
+    with contextlib.suppress(Exception):
+        connection.close()

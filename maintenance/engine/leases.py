@@ -150,12 +150,26 @@ def _reclaim(run: MaintenanceRun, worker: str) -> Claim:
     return Claim(token) if taken else Claim()
 
 
-def _expire(run: MaintenanceRun) -> None:
-    """Interrupt a dead run (pausing -> paused, cancelling -> cancelled), only if
-    nobody has touched it since we looked."""
-    MaintenanceRun.objects.filter(
+def unchanged(run: MaintenanceRun):
+    """The run, only if nobody has touched it since it was read (same lease token, same
+    heartbeat): the guard of every move made on a run believed dead."""
+    return MaintenanceRun.objects.filter(
         pk=run.pk, lease_token=run.lease_token, heartbeat_at=run.heartbeat_at
-    ).expire(f"interrupted: no heartbeat since {run.heartbeat_at or run.started_at}")
+    )
+
+
+def expire_dead(run: MaintenanceRun) -> bool:
+    """Interrupt a dead run (pausing -> paused, cancelling -> cancelled), only if nobody
+    has touched it since it was read. Says whether it moved."""
+    note = (
+        f"interrupted: no heartbeat since {run.heartbeat_at or run.started_at} "
+        f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); data is as of batch {run.batches}"
+    )
+    return bool(unchanged(run).expire(note))
+
+
+def _expire(run: MaintenanceRun) -> None:
+    expire_dead(run)
     run.refresh_from_db()
 
 
@@ -163,14 +177,11 @@ def _abandon(holder: MaintenanceRun, taken_over_by: MaintenanceRun) -> None:
     """A dead holder, only if nobody has touched it since we looked: one the operator
     asked to pause or cancel becomes paused or cancelled; a running one fails and the
     new run resumes from its checkpoint."""
-    same = MaintenanceRun.objects.filter(
-        pk=holder.pk, lease_token=holder.lease_token, heartbeat_at=holder.heartbeat_at
-    )
     if holder.status != Status.RUNNING:
-        same.expire(f"interrupted: no heartbeat since {holder.heartbeat_at}")
+        expire_dead(holder)
         return
     note = (
         f"abandoned: no heartbeat since {holder.heartbeat_at or holder.started_at} "
         f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); taken over by run #{taken_over_by.pk}"
     )
-    same.fail(note)
+    unchanged(holder).fail(note)

@@ -11,7 +11,6 @@ last committed batch.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import time
@@ -26,7 +25,7 @@ from django.utils import timezone
 
 from maintenance import oneline, operations
 from maintenance.engine import leases
-from maintenance.engine.interrupts import sigint_held
+from maintenance.engine.interrupts import reset_interrupted_connection, sigint_held
 from maintenance.engine.iteration import BatchResult, RunContext
 from maintenance.engine.states import ACTIVE, Status
 from maintenance.models import Finding, MaintenanceRun, RunBatch
@@ -123,7 +122,7 @@ def execute(
             # The interrupted statement's half-read cursors (SQLite: its lock) live as
             # long as the traceback's frames: collect them before recording anything.
             gc.collect()
-            _reset_interrupted_connection()
+            reset_interrupted_connection()
             runner.pause_now()
         raise KeyboardInterrupt
     run.refresh_from_db()
@@ -131,20 +130,6 @@ def execute(
         budget.requeue(run)
         run.refresh_from_db()
     return run
-
-
-def _reset_interrupted_connection() -> None:
-    """A Ctrl-C can land in the middle of a query, leaving the database connection busy
-    (psycopg: "connection in transaction status ACTIVE"). Drop it; the next query that
-    records the run's end reconnects."""
-    if connection.in_atomic_block:
-        return
-    raw = connection.connection
-    if raw is not None:
-        with contextlib.suppress(Exception):
-            raw.rollback()
-    with contextlib.suppress(Exception):
-        connection.close()
 
 
 def with_retries(action):

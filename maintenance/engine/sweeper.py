@@ -55,15 +55,7 @@ def _expire_dead(now: datetime, done: Sweep) -> None:
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
     )
     for run in dead:
-        note = (
-            f"interrupted: no heartbeat since {run.heartbeat_at or run.started_at} "
-            f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); data is as of batch {run.batches}"
-        )
-        # Only if nobody has touched it since we looked (same token, same heartbeat).
-        same = MaintenanceRun.objects.filter(
-            pk=run.pk, lease_token=run.lease_token, heartbeat_at=run.heartbeat_at
-        )
-        if same.expire(note):
+        if leases.expire_dead(run):
             done.expired.append(run.pk)
 
 

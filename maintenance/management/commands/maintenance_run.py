@@ -1,5 +1,6 @@
 """manage.py maintenance_run list|show|pause|resume|cancel: look at runs and control them."""
 
+import argparse
 import json
 
 from django.core.management.base import CommandError
@@ -114,8 +115,7 @@ def _operation_names():
 
 
 def _limit(text):
-    import argparse
-
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10000:
+    number = cli.ascii_int(text)
+    if not 1 <= number <= 10000:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 10000, not {text!r}")
-    return int(text)
+    return number
