@@ -35,7 +35,8 @@ class MaintenanceRun(models.Model):
     )
     params = models.JSONField(default=dict, blank=True)
     dry_run = models.BooleanField(default=False)
-    batch_size = models.PositiveIntegerField(default=1000)
+    # Pinned by --batch-size; empty: each batch's size adapts to the target batch time.
+    batch_size = models.PositiveIntegerField(null=True, blank=True)
     celery_task_id = models.CharField(max_length=255, blank=True, db_index=True)
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -55,6 +56,10 @@ class MaintenanceRun(models.Model):
     stop_requested = models.BooleanField(default=False)
     # Seconds spent in batches (not waiting in the queue): the basis of rate and ETA.
     work_seconds = models.FloatField(default=0)
+    # Time spent backing off for the database's sake, why the last time, and when.
+    throttled_s = models.FloatField(default=0)
+    throttle_reason = models.CharField(max_length=200, blank=True)
+    throttled_at = models.DateTimeField(null=True, blank=True)
 
     checkpoint = models.JSONField(null=True, blank=True)
     total = models.PositiveBigIntegerField(null=True, blank=True)
@@ -116,6 +121,8 @@ class RunBatch(models.Model):
     findings = models.PositiveIntegerField()
     changed_ids = models.JSONField(default=list)
     seconds = models.FloatField()
+    # The rows the batch asked for (adaptive runs change it batch by batch).
+    size = models.PositiveIntegerField(null=True, blank=True)
     committed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -141,9 +141,9 @@ def test_the_soft_time_limit_rolls_back_the_batch_under_way_and_interrupts(old_s
     real = archive.run_batch
     calls = []
 
-    def limited(ctx, position):
+    def limited(ctx, position, size=None):
         calls.append(position)
-        result = real(ctx, position)
+        result = real(ctx, position, size)
         if len(calls) == 3:
             raise SoftLimit("soft time limit exceeded")  # after writing, before commit
         return result

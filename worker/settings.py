@@ -202,3 +202,18 @@ if MAINTENANCE_SLICE_SECONDS >= CELERY_TASK_SOFT_TIME_LIMIT:
         "MAINTENANCE_SLICE_SECONDS",
         "must be below CELERY_TASK_SOFT_TIME_LIMIT (a slice ends first)",
     )
+
+# --- Gentle on a live database (PostgreSQL; see the README, "Throttling") ---
+# A batch waits at most this long for a row lock the application holds; then it is
+# rolled back, backs off and retries, so the application never waits behind it longer.
+MAINTENANCE_LOCK_TIMEOUT_MS = env.integer("MAINTENANCE_LOCK_TIMEOUT_MS", 2000, 1, 600_000)
+# No statement of a batch runs longer than this; the batch is retried smaller.
+MAINTENANCE_STATEMENT_TIMEOUT_MS = env.integer(
+    "MAINTENANCE_STATEMENT_TIMEOUT_MS", 30_000, 100, 24 * 3_600_000
+)
+# Before a batch, runs back off while a replica replays this far behind the primary ...
+MAINTENANCE_MAX_REPLICATION_LAG_S = env.number("MAINTENANCE_MAX_REPLICATION_LAG_S", 30, 0, DAY)
+# ... or while more than this many sessions wait on locks.
+MAINTENANCE_MAX_LOCK_WAITERS = env.integer("MAINTENANCE_MAX_LOCK_WAITERS", 10, 0, 100_000)
+# Without --batch-size, the batch size adapts so that a batch takes about this long.
+MAINTENANCE_TARGET_BATCH_MS = env.integer("MAINTENANCE_TARGET_BATCH_MS", 250, 10, 600_000)

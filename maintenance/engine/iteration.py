@@ -23,7 +23,7 @@ class RunContext:
     params: dict
     prepared: dict  # values fixed at the run's start (a cutoff, a file's identity)
     dry_run: bool
-    batch_size: int
+    batch_size: int | None  # pinned by --batch-size; None: the runner adapts it
 
 
 @dataclass

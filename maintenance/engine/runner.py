@@ -7,6 +7,12 @@ whether the operator asked it to pause or cancel, or its worker to give the run 
 it then stops at that batch boundary. Transient database errors are retried with
 backoff; anything else fails the run with a readable error, leaving the data as of the
 last committed batch.
+
+Gentle on a live database: before a batch the runner waits while the database is
+unhealthy (engine/health.py); a batch bounded by its lock and statement timeouts
+(engine/timeouts.py) that hits one is rolled back and retried after a backoff, smaller;
+both waits are recorded on the run as throttled time. The batch size adapts to the
+target batch time unless the run pins it (engine/batch_size.py).
 """
 
 from __future__ import annotations
@@ -24,17 +30,26 @@ from django.db.models import F
 from django.utils import timezone
 
 from maintenance import oneline, operations
-from maintenance.engine import leases
+from maintenance.engine import health, leases, timeouts
+from maintenance.engine.batch_size import BatchSizer
 from maintenance.engine.interrupts import reset_interrupted_connection, sigint_held
 from maintenance.engine.iteration import BatchResult, RunContext
 from maintenance.engine.states import ACTIVE, Status
 from maintenance.models import Finding, MaintenanceRun, RunBatch
+
+# The longest single backoff after a timed-out batch: an operator's pause or cancel
+# waits at most this long (plus one batch) to be seen.
+MAX_BACKOFF_SECONDS = 5.0
 
 logger = logging.getLogger(__name__)
 
 
 class LeaseLost(Exception):
     """Another runner took this run over; this one must stop without writing."""
+
+
+class StatementTooSlow(Exception):
+    """Batches keep hitting the statement timeout, however small: the run fails."""
 
 
 @dataclass
@@ -49,6 +64,7 @@ class BatchReport:
     seconds: float
     position: object
     total: int | None
+    size: int | None = None
 
     @classmethod
     def of(cls, run: MaintenanceRun, batch: RunBatch) -> BatchReport:
@@ -61,6 +77,7 @@ class BatchReport:
             seconds=batch.seconds,
             position=batch.position,
             total=run.total,
+            size=batch.size,
         )
 
 
@@ -156,6 +173,8 @@ class _Runner:
         self.operation = operations.get(run.operation)
         self.committed = run.batches  # the last batch number committed
         self.context: RunContext | None = None
+        self.sizer = BatchSizer(run.batch_size, settings.MAINTENANCE_TARGET_BATCH_MS)
+        self.timeouts_in_a_row = 0
 
     def _mine(self):
         return MaintenanceRun.objects.filter(pk=self.run_record.pk, lease_token=self.token)
@@ -163,6 +182,9 @@ class _Runner:
     def run(self) -> None:
         checkpoint = with_retries(self._starting_checkpoint)
         self.committed = self.run_record.batches
+        self.sizer = BatchSizer(
+            self.run_record.batch_size, settings.MAINTENANCE_TARGET_BATCH_MS, self._last_size()
+        )
         first = True
         while not checkpoint["done"]:
             # At least one batch per slice: a run always makes progress when it runs.
@@ -170,18 +192,89 @@ class _Runner:
             if reason:
                 self.stop(f"interrupted: {reason}")
                 return
+            if not self._wait_while_unhealthy():
+                return
+            number, size = self.committed + 1, self.sizer.size
+            started = time.perf_counter()
+            try:
+                checkpoint, report, keep_going = with_retries(
+                    lambda n=number, c=checkpoint, s=size: self._commit_batch(n, c, s)
+                )
+            except timeouts.BatchTimedOut as timeout:
+                if not self._back_off(timeout, time.perf_counter() - started):
+                    return
+                continue
             first = False
-            number = self.committed + 1
-            checkpoint, report, keep_going = with_retries(
-                lambda n=number, c=checkpoint: self._commit_batch(n, c)
-            )
+            self.timeouts_in_a_row = 0
             if report is not None:
                 self.committed = number
+                self.sizer.observe(report.seconds, report.processed)
                 self.on_batch(report)
             if not keep_going and not checkpoint["done"]:
                 self.stop("")
                 return
         with_retries(lambda: self._mine().succeed(self.token))
+
+    def _last_size(self) -> int | None:
+        """The size the run's last batch used, so a resumed run goes on at its pace."""
+        last = RunBatch.objects.filter(run_id=self.run_record.pk).order_by("-number").first()
+        return last.size if last else None
+
+    # --- throttling: waits for the database's sake, recorded on the run ---
+
+    def _wait_while_unhealthy(self) -> bool:
+        """Back off while the database's health says so; False when the run must stop."""
+        while reason := with_retries(health.throttle_reason):
+            if not self._throttle(reason, health.CACHE_SECONDS):
+                return False
+        return True
+
+    def _back_off(self, timeout: timeouts.BatchTimedOut, wasted: float) -> bool:
+        """A batch hit its lock or statement timeout and was rolled back: wait, take
+        fewer rows, and let the caller retry it. False when the run must stop."""
+        self.timeouts_in_a_row += 1
+        self.sizer.timed_out()
+        if timeout.kind == "statement" and self.timeouts_in_a_row > settings.MAINTENANCE_DB_RETRIES:
+            # Waiting does not shorten a statement that is too slow for its timeout.
+            raise StatementTooSlow(
+                f"{timeout} {self.timeouts_in_a_row} times in a row for batch "
+                f"{self.committed + 1} of {self.sizer.size} rows; raise "
+                "MAINTENANCE_STATEMENT_TIMEOUT_MS or lower --batch-size"
+            )
+        backoff = settings.MAINTENANCE_RETRY_BACKOFF * 2 ** (self.timeouts_in_a_row - 1)
+        backoff = min(backoff, MAX_BACKOFF_SECONDS)
+        logger.info("run #%s backs off %.1fs: %s", self.run_record.pk, backoff, timeout)
+        return self._throttle(str(timeout), backoff, already_lost=wasted)
+
+    def _throttle(self, reason: str, seconds: float, already_lost: float = 0.0) -> bool:
+        """Wait `seconds` for the database's sake and record it (with `already_lost`, a
+        rolled-back batch's time). False when the run must stop instead: a stop was
+        asked for, or the worker wants its process back."""
+        if why := self.budget.used_up():
+            self.stop(f"interrupted: {why}")
+            return False
+        now = timezone.now()
+        recorded = with_retries(
+            lambda: (
+                self._mine()
+                .filter(status=Status.RUNNING, stop_requested=False)
+                .update(
+                    throttled_s=F("throttled_s") + already_lost + seconds,
+                    throttle_reason=reason[:200],
+                    throttled_at=now,
+                    # Alive and in control while it waits: keep the lease, not a crash loop.
+                    heartbeat_at=now,
+                    idle_attempts=0,
+                )
+            )
+        )
+        if not recorded:
+            if not self._mine().filter(status__in=ACTIVE).exists():
+                raise LeaseLost()
+            self.stop("")  # pausing, cancelling, or the worker wants it back
+            return False
+        time.sleep(seconds)
+        return True
 
     # --- the start: this run's checkpoint, a failed run's, or a fresh one ---
 
@@ -254,12 +347,23 @@ class _Runner:
 
     # --- one batch ---
 
-    def _commit_batch(self, number: int, checkpoint: dict):
-        """Run and commit one batch. Returns (checkpoint, report, keep going)."""
+    def _commit_batch(self, number: int, checkpoint: dict, size: int):
+        """Run and commit one batch. Returns (checkpoint, report, keep going); raises
+        BatchTimedOut when one of its timeouts rolled it back."""
+        try:
+            return self._try_batch(number, checkpoint, size)
+        except OperationalError as error:
+            timeout = timeouts.as_timeout(error)
+            if timeout is None:
+                raise
+            raise timeout from error
+
+    def _try_batch(self, number: int, checkpoint: dict, size: int):
         run = self.run_record
         started = time.perf_counter()
         with transaction.atomic():
-            result = self.operation.run_batch(self.context, checkpoint["position"])
+            timeouts.limit_this_transaction()
+            result = self.operation.run_batch(self.context, checkpoint["position"], size)
             new_checkpoint = {**checkpoint, "position": result.position, "done": result.done}
             now = timezone.now()
             self._record_findings(result, now)
@@ -275,6 +379,7 @@ class _Runner:
                     findings=len(result.findings),
                     changed_ids=result.changed_ids,
                     seconds=seconds,
+                    size=size,
                     committed_at=now,
                 )
             progress = {

@@ -132,9 +132,16 @@ class Parameter:
 # Options every run has, validated like any parameter.
 DRY_RUN = Parameter("dry_run", "bool", "Report what would change; write no game data.", False)
 BATCH_SIZE = Parameter(
-    "batch_size", "int", "Rows per batch transaction (1..10000).", 1000, minimum=1, maximum=10000
+    "batch_size",
+    "int",
+    "Rows per batch transaction (1..10000); unset, it adapts to MAINTENANCE_TARGET_BATCH_MS.",
+    None,
+    minimum=1,
+    maximum=10000,
 )
 COMMON_PARAMETERS = (DRY_RUN, BATCH_SIZE)
+# Where nothing chose a size (a batch run outside the runner, an export).
+DEFAULT_SIZE = 1000
 
 
 class Operation:
@@ -196,9 +203,10 @@ class Operation:
         """How many rows are still to be looked at after `position`, for progress."""
         return self.walk(ctx).count_after(position)
 
-    def run_batch(self, ctx: RunContext, position: Any) -> BatchResult:
-        """The next batch after `position`, processed."""
-        batch = self.walk(ctx).batch_after(position, ctx.batch_size)
+    def run_batch(self, ctx: RunContext, position: Any, size: int | None = None) -> BatchResult:
+        """The next batch of `size` (default: the run's pinned size) after `position`,
+        processed."""
+        batch = self.walk(ctx).batch_after(position, size or ctx.batch_size or DEFAULT_SIZE)
         outcome = self.process(ctx, batch) if batch.items else Outcome()
         return BatchResult(
             processed=batch.processed,

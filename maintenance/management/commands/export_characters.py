@@ -8,7 +8,7 @@ import tempfile
 from django.db import DatabaseError
 
 from maintenance import cli
-from maintenance.operations.base import BATCH_SIZE, ParameterError
+from maintenance.operations.base import BATCH_SIZE, DEFAULT_SIZE, ParameterError
 from maintenance.operations.common import CHRONICLE_ID
 from maintenance.transfer.export import export_lines
 
@@ -33,7 +33,7 @@ class Command(cli.OneLineErrorsCommand):
     def handle(self, *args, **options):
         try:
             chronicle_id = CHRONICLE_ID.clean(options["chronicle_id"])
-            batch_size = BATCH_SIZE.clean(options["batch_size"])
+            batch_size = BATCH_SIZE.clean(options["batch_size"]) or DEFAULT_SIZE
         except ParameterError as error:
             raise cli.usage_error(str(error)) from None
         lines = export_lines(chronicle_id, batch_size)
