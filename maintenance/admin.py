@@ -14,7 +14,13 @@ from maintenance.engine import control
 from maintenance.engine.enqueue import BrokerUnavailable, send
 from maintenance.engine.states import TRANSITIONS
 from maintenance.models import Finding, Heartbeat, MaintenanceRun, RunBatch
-from maintenance.reporting import admin_findings_path, eta_s, rows_per_s
+from maintenance.reporting import (
+    admin_findings_path,
+    eta_s,
+    rows_per_s,
+    throttle_text,
+    throttled_now,
+)
 
 CONTROL_LABELS = {"pause": "Pause", "resume": "Resume", "cancel": "Cancel"}
 
@@ -58,7 +64,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "requested_by",
         "params",
         "dry_run",
-        "batch_size",
+        "batch_size_text",
         "celery_task_id",
         "created_at",
         "started_at",
@@ -67,6 +73,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "worker",
         "attempts",
         "progress",
+        "throttling",
         "processed",
         "changed",
         "findings",
@@ -202,7 +209,19 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
             text += f", {rate:,.0f} rows/s"
         if eta is not None:
             text += f", ETA {eta:,.0f}s"
+        if throttled_now(run):
+            text += ", throttled now"
         return text
+
+    @admin.display(description="throttled")
+    def throttling(self, run):
+        return throttle_text(run) or "never"
+
+    @admin.display(description="batch size")
+    def batch_size_text(self, run):
+        if run.batch_size is None:
+            return "adaptive (towards the target batch time)"
+        return f"{run.batch_size:,} rows (pinned)"
 
     @admin.display(description="all findings")
     def findings_link(self, run):
@@ -221,7 +240,16 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
 
 @admin.register(RunBatch)
 class RunBatchAdmin(ReadOnlyAdmin):
-    list_display = ["run", "number", "processed", "changed", "findings", "seconds", "committed_at"]
+    list_display = [
+        "run",
+        "number",
+        "size",
+        "processed",
+        "changed",
+        "findings",
+        "seconds",
+        "committed_at",
+    ]
     list_filter = ["run__operation"]
     raw_id_fields = ["run"]
     readonly_fields = [
@@ -232,6 +260,7 @@ class RunBatchAdmin(ReadOnlyAdmin):
         "changed",
         "findings",
         "changed_ids",
+        "size",
         "seconds",
         "committed_at",
     ]

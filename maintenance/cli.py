@@ -362,8 +362,9 @@ class Progress:
                 self.bar = tqdm(total=report.total, unit=" rows", file=sys.stderr)
             self.bar.update(report.processed)
         if self.verbosity >= 2:
+            size = f" (size {report.size:,})" if report.size else ""
             self.stdout.write(
-                f"  batch {report.number}: processed {report.processed}, changed "
+                f"  batch {report.number}{size}: processed {report.processed}, changed "
                 f"{report.changed}, {report.findings} findings, {report.seconds * 1000:.0f} ms"
             )
 

@@ -16,13 +16,15 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from chronicles.models import Character, Chronicle, Scene
 from maintenance import heartbeat, operations
+from maintenance.engine.states import ACTIVE
 from maintenance.models import Finding, MaintenanceRun
+from maintenance.reporting import throttle_text, throttled_now
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 # Nagios plugin exit codes; CRITICAL outranks UNKNOWN, which outranks WARNING.
@@ -80,6 +82,9 @@ def _run_brief(run):
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "error": one_line(run.error) if run.error else None,
+        "throttled_s": round(run.throttled_s, 1),
+        "throttle_reason": one_line(run.throttle_reason) if run.throttle_reason else None,
+        "throttled_now": throttled_now(run),
     }
 
 
@@ -154,6 +159,9 @@ def operation_health(operation, since, now):
     if unevaluable:
         status = worst_status([status, UNKNOWN])
         problems.extend(unevaluable)
+    # Backing off for the database is the engine working, not a fault: said, not warned.
+    active = list(runs.filter(status__in=ACTIVE))
+    throttled = [f"run #{run.pk} {throttle_text(run)}" for run in active if throttled_now(run)]
     if problems:
         detail = "; ".join(problems)
     elif not schedules:
@@ -162,12 +170,17 @@ def operation_health(operation, since, now):
         detail = f"last success {_iso(succeeded_at)}; next due {_iso(next_due)}"
     else:
         detail = f"not run yet; first run due {_iso(next_due)}"
+    if throttled:
+        detail = "; ".join([detail, *throttled])
 
     info = {
         "last_run": _run_brief(last),
         "last_success_at": _iso(succeeded_at),
         "runs_in_period": runs.filter(created_at__gte=since).count(),
         "failures_in_period": runs.filter(created_at__gte=since, status=Status.FAILED).count(),
+        "throttled_s_in_period": round(
+            runs.filter(created_at__gte=since).aggregate(total=Sum("throttled_s"))["total"] or 0, 1
+        ),
         "schedules": schedules,
         "next_due_at": _iso(next_due),
         "overdue": overdue,

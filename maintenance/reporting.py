@@ -1,6 +1,13 @@
 """A run as the JSON object of DESIGN.md, and as lines for people."""
 
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
 from maintenance.engine.control import is_stale
+from maintenance.engine.runner import THROTTLE_STEP_SECONDS
+from maintenance.engine.states import ACTIVE
 from maintenance.models import MaintenanceRun
 
 
@@ -25,8 +32,9 @@ def run_summary(run):
         "rows_per_s": rows_per_s(run),
         "eta_s": eta_s(run),
         "stale": is_stale(run),
-        "throttled_s": 0.0,
-        "throttle_reason": None,
+        "throttled_s": round(run.throttled_s, 1),
+        "throttle_reason": run.throttle_reason or None,
+        "throttled_now": throttled_now(run),
         "attempts": run.attempts,
         "partitions": [],
     }
@@ -47,6 +55,25 @@ def eta_s(run) -> float | None:
     return round(max(run.total - run.processed, 0) / rate, 1)
 
 
+def throttled_now(run) -> bool:
+    """Whether the run is backing off for the database's sake at this moment: active,
+    and its last throttle recorded within the last couple of seconds."""
+    if run.status not in ACTIVE or run.throttled_at is None:
+        return False
+    # While it lasts, a throttle is recorded every second, and after each retried batch
+    # (which may wait up to the lock timeout).
+    recorded_every = THROTTLE_STEP_SECONDS + settings.MAINTENANCE_LOCK_TIMEOUT_MS / 1000
+    return timezone.now() - run.throttled_at <= timedelta(seconds=recorded_every + 2)
+
+
+def throttle_text(run) -> str:
+    """'throttled 12.5s now: <reason>', or '' for a run that never waited."""
+    if not run.throttled_s and not throttled_now(run):
+        return ""
+    now = " now" if throttled_now(run) else ""
+    return f"throttled {run.throttled_s:,.1f}s{now}: {run.throttle_reason}"
+
+
 def run_progress_line(run) -> str:
     """One line for `maintenance_run list/show`: status, progress, rate and ETA."""
     status = (
@@ -64,6 +91,8 @@ def run_progress_line(run) -> str:
     if eta is not None:
         parts.append(f"ETA {eta:,.0f}s")
     parts.append(f"{run.changed:,} changed, {run.findings:,} findings, attempt {run.attempts}")
+    if throttled := throttle_text(run):
+        parts.append(throttled)
     if run.error:
         parts.append(run.error)
     return " | ".join(parts)
@@ -87,7 +116,8 @@ def outcome_line(run):
     if run.status == MaintenanceRun.Status.FAILED:
         return f"{label} failed{duration}: {run.error} ({counts})"
     resumed = f" (resumed from run #{run.resumed_from_id})" if run.resumed_from_id else ""
-    return f"{label} {run.status}{duration}: {counts}{resumed}"
+    throttled = f"; {throttle_text(run)}" if run.throttled_s else ""
+    return f"{label} {run.status}{duration}: {counts}{resumed}{throttled}"
 
 
 def findings_by_rule(run, sample=5):

@@ -24,6 +24,7 @@ JSON_KEYS = {
     "stale",
     "throttled_s",
     "throttle_reason",
+    "throttled_now",
     "attempts",
     "partitions",
     "run_id",
@@ -112,7 +113,7 @@ def test_dry_run_reports_and_changes_nothing(old_scenes):
 
 def test_verbosity_2_shows_each_batch(old_scenes):
     text = run_command("archive_old_scenes", "--inline", "--batch-size=2", "-v", "2")
-    assert "batch 1: processed 2" in text and "batch 3: processed 1" in text
+    assert "batch 1 (size 2): processed 2" in text and "batch 3 (size 2): processed 1" in text
 
 
 @pytest.mark.parametrize(

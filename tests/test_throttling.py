@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 from django.db import connection
+from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -487,3 +488,49 @@ def test_no_lock_shape_makes_the_application_wait_past_the_lock_timeout(
     logged = RunBatch.objects.filter(run=run)
     assert sum(logged.values_list("processed", flat=True)) == run.processed == scenes
     assert max(waits) < lock_timeout_ms / 1000 + 0.5
+
+
+# --- what an operator sees ------------------------------------------------------------
+
+
+def throttled_running_run(seconds_ago):
+    run = archive_run()
+    MaintenanceRun.objects.filter(pk=run.pk).claim("token", "worker-1")
+    MaintenanceRun.objects.filter(pk=run.pk).update(
+        throttled_s=6.04,
+        throttle_reason="14 sessions waiting on locks > 10",
+        throttled_at=timezone.now() - timezone.timedelta(seconds=seconds_ago),
+        heartbeat_at=timezone.now(),
+    )
+    return MaintenanceRun.objects.get(pk=run.pk)
+
+
+def test_a_throttled_run_shows_in_the_cli_json_admin_and_monitor(admin_client):
+    from maintenance.monitoring import collect
+
+    run = throttled_running_run(seconds_ago=1)
+    assert run.status == Status.RUNNING
+
+    line = run_progress_line(run)
+    assert "throttled 6.0s now: 14 sessions waiting on locks > 10" in line
+    summary = run_summary(run)
+    assert (summary["throttled_s"], summary["throttled_now"]) == (6.0, True)
+    assert summary["throttle_reason"] == "14 sessions waiting on locks > 10"
+
+    page = admin_client.get(f"/admin/maintenance/maintenancerun/{run.pk}/change/").content
+    assert b"throttled 6.0s now: 14 sessions waiting on locks &gt; 10" in page
+    assert b"adaptive" in page
+
+    report = collect(24)
+    archive = report["operations"]["archive_old_scenes"]
+    assert archive["throttled_s_in_period"] == 6.0
+    assert archive["last_run"]["throttled_now"] is True
+    check = next(c for c in report["checks"] if c["name"] == "archive_old_scenes")
+    assert f"run #{run.pk} throttled 6.0s now" in check["detail"]
+    assert check["status"] == "OK"
+
+
+def test_a_throttle_long_past_is_history_not_now():
+    run = throttled_running_run(seconds_ago=600)
+    assert "throttled 6.0s: 14 sessions" in run_progress_line(run)
+    assert run_summary(run)["throttled_now"] is False

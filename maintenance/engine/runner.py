@@ -40,6 +40,8 @@ from maintenance.models import Finding, MaintenanceRun, RunBatch
 # The longest single backoff after a timed-out batch: an operator's pause or cancel
 # waits at most this long (plus one batch) to be seen.
 MAX_BACKOFF_SECONDS = 5.0
+# A throttled run renews its lease and looks for a stop request this often.
+THROTTLE_STEP_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -248,18 +250,32 @@ class _Runner:
 
     def _throttle(self, reason: str, seconds: float, already_lost: float = 0.0) -> bool:
         """Wait `seconds` for the database's sake and record it (with `already_lost`, a
-        rolled-back batch's time). False when the run must stop instead: a stop was
-        asked for, or the worker wants its process back."""
-        if why := self.budget.used_up():
-            self.stop(f"interrupted: {why}")
-            return False
+        rolled-back batch's time), a second at a time so the lease stays fresh and a
+        pause or cancel is seen within a second. False when the run must stop instead:
+        a stop was asked for, or the worker wants its process back."""
+        left = seconds
+        while left > 0:
+            if why := self.budget.used_up():
+                self.stop(f"interrupted: {why}")
+                return False
+            step = min(left, THROTTLE_STEP_SECONDS)
+            if not self._record_throttle(reason, already_lost + step):
+                self.stop("")  # pausing, cancelling, or the worker wants it back
+                return False
+            already_lost = 0.0
+            time.sleep(step)
+            left -= step
+        return True
+
+    def _record_throttle(self, reason: str, seconds: float) -> bool:
+        """Add `seconds` of throttling; False when the run is to stop at this boundary."""
         now = timezone.now()
         recorded = with_retries(
             lambda: (
                 self._mine()
                 .filter(status=Status.RUNNING, stop_requested=False)
                 .update(
-                    throttled_s=F("throttled_s") + already_lost + seconds,
+                    throttled_s=F("throttled_s") + seconds,
                     throttle_reason=reason[:200],
                     throttled_at=now,
                     # Alive and in control while it waits: keep the lease, not a crash loop.
@@ -268,13 +284,9 @@ class _Runner:
                 )
             )
         )
-        if not recorded:
-            if not self._mine().filter(status__in=ACTIVE).exists():
-                raise LeaseLost()
-            self.stop("")  # pausing, cancelling, or the worker wants it back
-            return False
-        time.sleep(seconds)
-        return True
+        if not recorded and not self._mine().filter(status__in=ACTIVE).exists():
+            raise LeaseLost()
+        return bool(recorded)
 
     # --- the start: this run's checkpoint, a failed run's, or a fresh one ---
 
