@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from maintenance.engine.states import ACTIVE, Status
@@ -56,29 +58,33 @@ def claim(run: MaintenanceRun, worker: str = "") -> Claim:
         return Claim()  # paused, cancelled, finished: a stale delivery has nothing to do
     if _given_up(run):
         return Claim()
+    # One look at the operation's other runs: those holding it, and those under way.
+    others = list(
+        MaintenanceRun.objects.filter(
+            Q(status__in=ACTIVE) | Q(status__in=UNDER_WAY, checkpoint__isnull=False),
+            operation=run.operation,
+        )
+        .exclude(pk=run.pk)
+        .order_by("created_at", "pk")
+    )
     if not _was_requeued(run):
         # A fresh trigger also yields to a run of its operation that is between slices,
         # paused or waiting: it is already under way, and would only be done twice.
-        started = (
-            MaintenanceRun.objects.filter(
-                operation=run.operation, status__in=UNDER_WAY, checkpoint__isnull=False
-            )
-            .exclude(pk=run.pk)
-            .order_by("created_at")
-            .first()
-        )
+        started = next((other for other in others if other.status in UNDER_WAY), None)
         if started is not None:
             _runs(run).skip(
                 started, f"{run.operation} is under way as run #{started.pk} ({started.status})"
             )
             run.refresh_from_db()
             return Claim()
-    for _ in range(10):
-        holder = (
-            MaintenanceRun.objects.filter(operation=run.operation, status__in=ACTIVE)
-            .exclude(pk=run.pk)
-            .first()
-        )
+    holder = next((other for other in others if other.status in ACTIVE), None)
+    for attempt in range(10):
+        if attempt:  # the holder may have changed since the last look
+            holder = (
+                MaintenanceRun.objects.filter(operation=run.operation, status__in=ACTIVE)
+                .exclude(pk=run.pk)
+                .first()
+            )
         if holder is not None:
             if not is_dead(holder):
                 _wait_or_skip(run, holder)
@@ -86,8 +92,11 @@ def claim(run: MaintenanceRun, worker: str = "") -> Claim:
             _abandon(holder, taken_over_by=run)
             continue
         token = uuid.uuid4().hex
+        # A savepoint only inside a caller's transaction: in autocommit the one UPDATE is
+        # atomic anyway, and BEGIN/COMMIT would be two more round trips for every run.
+        guard = transaction.atomic() if connection.in_atomic_block else nullcontext()
         try:
-            with transaction.atomic():
+            with guard:
                 claimed = _runs(run).claim(token, worker)
         except IntegrityError:
             continue  # another trigger got there first: look at the holder again

@@ -177,6 +177,8 @@ class _Runner:
         self.context: RunContext | None = None
         self.sizer = BatchSizer(run.batch_size, settings.MAINTENANCE_TARGET_BATCH_MS)
         self.timeouts_in_a_row = 0
+        self.start_attempts = 0
+        self.succeeded = False
 
     def _mine(self):
         return MaintenanceRun.objects.filter(pk=self.run_record.pk, lease_token=self.token)
@@ -215,12 +217,15 @@ class _Runner:
             if not keep_going and not checkpoint["done"]:
                 self.stop("")
                 return
-        with_retries(lambda: self._mine().succeed(self.token))
+        if not self.succeeded:  # e.g. a checkpoint that was already done
+            with_retries(lambda: self._mine().succeed(self.token))
 
     def _last_size(self) -> int | None:
         """The size the run's last batch used, so a resumed run goes on at its pace."""
-        last = RunBatch.objects.filter(run_id=self.run_record.pk).order_by("-number").first()
-        return last.size if last else None
+        if not self.run_record.batches:
+            return None
+        batches = RunBatch.objects.filter(run_id=self.run_record.pk).order_by("-number")
+        return batches.values_list("size", flat=True).first()
 
     # --- throttling: waits for the database's sake, recorded on the run ---
 
@@ -292,7 +297,10 @@ class _Runner:
 
     def _starting_checkpoint(self) -> dict:
         run = self.run_record
-        run.refresh_from_db()
+        if self.start_attempts:  # a retry: the first attempt may have written some of it
+            run.refresh_from_db()
+        self.start_attempts += 1
+        started = {}
         if run.checkpoint and self._can_resume(run.checkpoint):
             checkpoint = run.checkpoint
         else:
@@ -302,17 +310,17 @@ class _Runner:
             else:
                 prepared = self.operation.prepare(run.params, timezone.now())
                 checkpoint = {"context": prepared, "position": None, "done": False}
-            updated = self._mine().update(
-                checkpoint=checkpoint, resumed_from=source, heartbeat_at=timezone.now()
-            )
-            if not updated:
-                raise LeaseLost()
+            started = {"checkpoint": checkpoint, "resumed_from": source}
         self.context = self._context(checkpoint)
         remaining = self.operation.count_remaining(self.context, checkpoint["position"])
         total = None if remaining is None else run.processed + remaining
-        # The start may have taken a while (counting, hashing a file): renew the lease.
-        self._mine().update(total=total, heartbeat_at=timezone.now())
-        run.refresh_from_db()
+        # One write for the start, after the count (which may take a while: it renews
+        # the lease too).
+        if not self._mine().update(total=total, heartbeat_at=timezone.now(), **started):
+            raise LeaseLost()
+        if started:
+            run.checkpoint, run.resumed_from = checkpoint, started["resumed_from"]
+        run.total = total
         return checkpoint
 
     def _context(self, checkpoint: dict) -> RunContext:
@@ -414,6 +422,9 @@ class _Runner:
                 if not self._mine().filter(status__in=ACTIVE).update(**progress):
                     raise LeaseLost()
                 keep_going = False  # pausing, cancelling, or the worker wants it back
+            if result.done:
+                # The last batch and the run's success commit together: one commit less.
+                self.succeeded = bool(self._mine().succeed(self.token))
         report = BatchReport.of(run, logged) if logged else None
         return new_checkpoint, report, keep_going
 
