@@ -1,7 +1,8 @@
 """Gentle on a live database: lock and statement timeouts per batch, health throttling,
 adaptive batch sizes. The PostgreSQL tests use real extra sessions (row locks held by a
-second connection, writes from a third, sessions really waiting on locks); only the
-replication-lag query's answer is faked, since no replica runs here."""
+second connection, writes from a third, sessions really waiting on locks). The lag
+tests here fake only the replication-lag query's answer, to steer it in time;
+tests/integration/test_replica_lag.py measures lag on a real streaming replica."""
 
 import threading
 import time
