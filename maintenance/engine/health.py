@@ -1,6 +1,6 @@
 """The database's health, as the runner sees it before each batch.
 
-Two signals of DESIGN.md, read on PostgreSQL with one query each: how far the replicas
+Two signals of DESIGN.md, read on PostgreSQL in one query: how far the replicas
 replay behind this primary, and how many sessions wait on locks. Either one over its
 limit says "back off" and why. Readings are cached for a second per process, so a fast
 run asks the server once a second, not once a batch. SQLite has no such signals.
@@ -58,10 +58,9 @@ def read() -> Reading:
         return HEALTHY
     try:
         with connection.cursor() as cursor:
-            cursor.execute(REPLICATION_LAG_SQL)
-            lag = float(cursor.fetchone()[0] or 0)
-            cursor.execute(LOCK_WAITERS_SQL)
-            waiters = int(cursor.fetchone()[0] or 0)
+            cursor.execute(f"SELECT ({REPLICATION_LAG_SQL}), ({LOCK_WAITERS_SQL})")
+            lag, waiters = cursor.fetchone()
+        lag, waiters = float(lag or 0), int(waiters or 0)
     except OperationalError:
         raise  # the connection itself: the runner's retries deal with it
     except (ProgrammingError, TypeError, ValueError) as error:
@@ -82,5 +81,5 @@ def throttle_reason() -> str:
 
 
 def forget() -> None:
-    """Drop the cached reading (tests, and a runner that just waited a whole period)."""
+    """Drop the cached readings (tests that change the signals)."""
     _cache.clear()

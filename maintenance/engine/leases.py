@@ -100,8 +100,12 @@ def claim(run: MaintenanceRun, worker: str = "") -> Claim:
                 claimed = _runs(run).claim(token, worker)
         except IntegrityError:
             continue  # another trigger got there first: look at the holder again
-        run.refresh_from_db()
-        return Claim(token) if claimed else Claim()
+        if not claimed:
+            run.refresh_from_db()
+            return Claim()
+        # What the claim wrote and the runner reads (the rest it re-reads at the end).
+        run.status, run.lease_token = Status.RUNNING, token
+        return Claim(token)
     raise RuntimeError(f"could not settle who runs {run.operation}")
 
 

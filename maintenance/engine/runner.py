@@ -42,6 +42,8 @@ from maintenance.models import Finding, MaintenanceRun, RunBatch
 MAX_BACKOFF_SECONDS = 5.0
 # A throttled run renews its lease and looks for a stop request this often.
 THROTTLE_STEP_SECONDS = 1.0
+# The checkpoint's record of timeouts since the last committed batch.
+BACKOFF = "backoff"
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +178,8 @@ class _Runner:
         self.committed = run.batches  # the last batch number committed
         self.context: RunContext | None = None
         self.sizer = BatchSizer(run.batch_size, settings.MAINTENANCE_TARGET_BATCH_MS)
-        self.timeouts_in_a_row = 0
+        self.lock_timeouts = self.statement_timeouts = 0
+        self.throttled = False
         self.start_attempts = 0
         self.succeeded = False
 
@@ -186,8 +189,14 @@ class _Runner:
     def run(self) -> None:
         checkpoint = with_retries(self._starting_checkpoint)
         self.committed = self.run_record.batches
+        # Timeouts since the last committed batch outlive a slice: a batch too slow for
+        # its statement timeout keeps shrinking, and fails the run, across slices.
+        backoff = checkpoint.get(BACKOFF) or {}
+        self.statement_timeouts = backoff.get("statement_timeouts", 0)
         self.sizer = BatchSizer(
-            self.run_record.batch_size, settings.MAINTENANCE_TARGET_BATCH_MS, self._last_size()
+            self.run_record.batch_size,
+            settings.MAINTENANCE_TARGET_BATCH_MS,
+            backoff.get("size") or self._last_size(),
         )
         first = True
         while not checkpoint["done"]:
@@ -205,11 +214,11 @@ class _Runner:
                     lambda n=number, c=checkpoint, s=size: self._commit_batch(n, c, s)
                 )
             except timeouts.BatchTimedOut as timeout:
-                if not self._back_off(timeout, time.perf_counter() - started):
+                if not self._back_off(timeout, checkpoint, time.perf_counter() - started):
                     return
                 continue
             first = False
-            self.timeouts_in_a_row = 0
+            self.lock_timeouts = self.statement_timeouts = 0
             if report is not None:
                 self.committed = number
                 self.sizer.observe(report.seconds, report.processed)
@@ -236,44 +245,58 @@ class _Runner:
                 return False
         return True
 
-    def _back_off(self, timeout: timeouts.BatchTimedOut, wasted: float) -> bool:
+    def _back_off(self, timeout: timeouts.BatchTimedOut, checkpoint: dict, wasted: float) -> bool:
         """A batch hit its lock or statement timeout and was rolled back: wait, take
         fewer rows, and let the caller retry it. False when the run must stop."""
-        self.timeouts_in_a_row += 1
+        tried = self.sizer.size
         self.sizer.timed_out()
-        if timeout.kind == "statement" and self.timeouts_in_a_row > settings.MAINTENANCE_DB_RETRIES:
-            # Waiting does not shorten a statement that is too slow for its timeout.
-            raise StatementTooSlow(
-                f"{timeout} {self.timeouts_in_a_row} times in a row for batch "
-                f"{self.committed + 1} of {self.sizer.size} rows; raise "
-                "MAINTENANCE_STATEMENT_TIMEOUT_MS or lower --batch-size"
-            )
-        backoff = settings.MAINTENANCE_RETRY_BACKOFF * 2 ** (self.timeouts_in_a_row - 1)
+        if timeout.kind == "statement":
+            self.statement_timeouts += 1
+            if self.statement_timeouts > settings.MAINTENANCE_DB_RETRIES:
+                # Waiting does not shorten a statement that is too slow for its timeout.
+                raise StatementTooSlow(
+                    f"{timeout} {self.statement_timeouts} times in a row for batch "
+                    f"{self.committed + 1} (last tried with {tried} rows); raise "
+                    "MAINTENANCE_STATEMENT_TIMEOUT_MS or lower --batch-size"
+                )
+            waited = self.statement_timeouts
+        else:
+            self.lock_timeouts += 1
+            waited = self.lock_timeouts
+        # The exponent is capped first: 2 ** 1024 does not fit in a float.
+        backoff = settings.MAINTENANCE_RETRY_BACKOFF * 2 ** min(waited - 1, 16)
         backoff = min(backoff, MAX_BACKOFF_SECONDS)
         logger.info("run #%s backs off %.1fs: %s", self.run_record.pk, backoff, timeout)
-        return self._throttle(str(timeout), backoff, already_lost=wasted)
+        remembered = {"statement_timeouts": self.statement_timeouts, "size": self.sizer.size}
+        remember = {"checkpoint": {**checkpoint, BACKOFF: remembered}}
+        return self._throttle(str(timeout), backoff, already_lost=wasted, also=remember)
 
-    def _throttle(self, reason: str, seconds: float, already_lost: float = 0.0) -> bool:
+    def _throttle(
+        self, reason: str, seconds: float, already_lost: float = 0.0, also: dict | None = None
+    ) -> bool:
         """Wait `seconds` for the database's sake and record it (with `already_lost`, a
-        rolled-back batch's time), a second at a time so the lease stays fresh and a
-        pause or cancel is seen within a second. False when the run must stop instead:
-        a stop was asked for, or the worker wants its process back."""
+        rolled-back batch's time, and `also`, fields to write with the first record), a
+        second at a time so the lease stays fresh and a pause or cancel is seen within a
+        second; with no wait at all, still look and record once. False when the run must
+        stop instead: a stop was asked for, or the worker wants its process back."""
         left = seconds
-        while left > 0:
+        while True:
             if why := self.budget.used_up():
                 self.stop(f"interrupted: {why}")
                 return False
             step = min(left, THROTTLE_STEP_SECONDS)
-            if not self._record_throttle(reason, already_lost + step):
+            if not self._record_throttle(reason, already_lost + step, **(also or {})):
                 self.stop("")  # pausing, cancelling, or the worker wants it back
                 return False
-            already_lost = 0.0
+            already_lost, also = 0.0, None
             time.sleep(step)
             left -= step
-        return True
+            if left <= 0:
+                return True
 
-    def _record_throttle(self, reason: str, seconds: float) -> bool:
+    def _record_throttle(self, reason: str, seconds: float, **also) -> bool:
         """Add `seconds` of throttling; False when the run is to stop at this boundary."""
+        self.throttled = True
         now = timezone.now()
         recorded = with_retries(
             lambda: (
@@ -283,9 +306,9 @@ class _Runner:
                     throttled_s=F("throttled_s") + seconds,
                     throttle_reason=reason[:200],
                     throttled_at=now,
-                    # Alive and in control while it waits: keep the lease, not a crash loop.
+                    # Alive while it waits: the lease stays fresh.
                     heartbeat_at=now,
-                    idle_attempts=0,
+                    **also,
                 )
             )
         )
@@ -300,7 +323,6 @@ class _Runner:
         if self.start_attempts:  # a retry: the first attempt may have written some of it
             run.refresh_from_db()
         self.start_attempts += 1
-        started = {}
         if run.checkpoint and self._can_resume(run.checkpoint):
             checkpoint = run.checkpoint
         else:
@@ -310,16 +332,19 @@ class _Runner:
             else:
                 prepared = self.operation.prepare(run.params, timezone.now())
                 checkpoint = {"context": prepared, "position": None, "done": False}
-            started = {"checkpoint": checkpoint, "resumed_from": source}
+            # Written before the count: a run stopped or failed while counting is under
+            # way (a fresh trigger yields to it) and resumable with this context.
+            if not self._mine().update(
+                checkpoint=checkpoint, resumed_from=source, heartbeat_at=timezone.now()
+            ):
+                raise LeaseLost()
+            run.checkpoint, run.resumed_from = checkpoint, source
         self.context = self._context(checkpoint)
         remaining = self.operation.count_remaining(self.context, checkpoint["position"])
         total = None if remaining is None else run.processed + remaining
-        # One write for the start, after the count (which may take a while: it renews
-        # the lease too).
-        if not self._mine().update(total=total, heartbeat_at=timezone.now(), **started):
+        # The count may have taken a while: this write renews the lease too.
+        if not self._mine().update(total=total, heartbeat_at=timezone.now()):
             raise LeaseLost()
-        if started:
-            run.checkpoint, run.resumed_from = checkpoint, started["resumed_from"]
         run.total = total
         return checkpoint
 
@@ -384,7 +409,11 @@ class _Runner:
         with transaction.atomic():
             timeouts.limit_this_transaction()
             result = self.operation.run_batch(self.context, checkpoint["position"], size)
-            new_checkpoint = {**checkpoint, "position": result.position, "done": result.done}
+            new_checkpoint = {
+                **{key: value for key, value in checkpoint.items() if key != BACKOFF},
+                "position": result.position,
+                "done": result.done,
+            }
             now = timezone.now()
             self._record_findings(result, now)
             seconds = time.perf_counter() - started
@@ -452,6 +481,10 @@ class _Runner:
 
     def stop(self, note: str) -> None:
         """Stop at this batch boundary: paused, cancelled, or interrupted (re-queued)."""
+        if self.throttled:
+            # It only waited for the database, in control to the end: not an attempt
+            # that died (a runner that dies after throttling still counts as one).
+            with_retries(lambda: self._mine().update(idle_attempts=0))
         with_retries(lambda: self._mine().stop(self.token, note))
 
     def pause_now(self) -> None:

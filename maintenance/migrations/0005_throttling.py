@@ -3,6 +3,14 @@
 from django.db import migrations, models
 
 
+def adaptive_where_nobody_chose(apps, schema_editor):
+    """Before this migration every run stored 1000 whether or not anyone gave
+    --batch-size; an explicit 1000 cannot be told apart, and it is where adaptive sizes
+    start anyway. So those runs (resumed later, or re-run from the admin) adapt."""
+    runs = apps.get_model("maintenance", "MaintenanceRun")
+    runs.objects.filter(batch_size=1000).update(batch_size=None)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("maintenance", "0004_run_states"),
@@ -34,4 +42,5 @@ class Migration(migrations.Migration):
             name="batch_size",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
+        migrations.RunPython(adaptive_where_nobody_chose, migrations.RunPython.noop),
     ]
