@@ -9,7 +9,9 @@ import getpass
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -246,6 +248,9 @@ class OneLineErrorsCommand(BaseCommand):
                 sys.stdout.flush()  # here, not at exit: a broken pipe is caught below
         except KeyboardInterrupt:
             stop = (EXIT_INTERRUPTED, "interrupted", True)
+        except SystemExit:  # the command ended with its exit code: nothing to stop now
+            _done_with_ctrl_c()
+            raise
         except BrokenPipeError:
             _silence_stdout()
             stop = (EXIT_BROKEN_PIPE, "output closed by its reader", False)
@@ -257,6 +262,7 @@ class OneLineErrorsCommand(BaseCommand):
                     traceback.print_exc()
             stop = (self.failure_exit_code, f"error: {describe(failure)}", True)
         else:
+            _done_with_ctrl_c()
             return
         # Outside the except block, the traceback (and the half-read cursors its frames
         # hold) is gone: collected, their statements release SQLite's locks.
@@ -280,6 +286,13 @@ class OneLineErrorsCommand(BaseCommand):
         if say:
             _say(f"CommandError: {escape(reason)}{ended}")
         sys.exit(code)
+
+
+def _done_with_ctrl_c() -> None:
+    """The command has done its work and said so: a Ctrl-C from here to the exit changes
+    nothing, so it must not turn a finished command into a process killed by SIGINT."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def add_parameter_flag(parser, parameter):
