@@ -102,7 +102,7 @@ def in_thread(action):
         max_size=60,
     ),
 )
-def test_an_adaptive_size_stays_within_its_bounds_and_moves_at_most_twofold(
+def test_an_adaptive_size_stays_within_bounds_grows_at_most_twofold_and_never_past_the_ceiling(
     start, target_ms, steps
 ):
     sizer = BatchSizer(None, target_ms, start)
@@ -114,9 +114,13 @@ def test_an_adaptive_size_stays_within_its_bounds_and_moves_at_most_twofold(
         else:
             sizer.timed_out()
         assert batch_size.MIN <= sizer.size <= batch_size.MAX
-        assert before / 2 - 1 <= sizer.size <= before * 2 + 1
+        assert before / 4 - 1 <= sizer.size <= before * 2 + 1
         if kind == "timeout":
             assert sizer.size <= before
+        elif seconds > target_ms / 1000:
+            assert sizer.size <= before  # over the ceiling: never grows
+        elif seconds >= target_ms / 2000:
+            assert sizer.size == before  # between half and the whole: stays
 
 
 @HYPOTHESIS
@@ -152,9 +156,10 @@ def test_slow_batches_shrink_towards_the_target_and_the_log_records_each_size(
     assert unarchived() == 0
     sizes = list(RunBatch.objects.filter(run=run).order_by("number").values_list("size", flat=True))
     assert sizes[0] == batch_size.START
-    assert sizes[1] == batch_size.START // 2  # halved at most, however slow
-    # 20 ms at 0.1 ms a row is about 200 rows: it settles near that, never below MIN.
-    assert all(batch_size.MIN <= size <= 400 for size in sizes[3:-1])
+    assert sizes[1] == batch_size.START // 4  # a quarter at most, however slow
+    # 20 ms at 0.1 ms a row is 200 rows, a ceiling: it settles at or below, never
+    # under MIN.
+    assert all(batch_size.MIN <= size <= 200 for size in sizes[2:])
     assert run.batch_size is None
 
 
@@ -535,3 +540,30 @@ def test_a_throttle_long_past_is_history_not_now():
     run = throttled_running_run(seconds_ago=600)
     assert "throttled 6.0s: 14 sessions" in run_progress_line(run)
     assert run_summary(run)["throttled_now"] is False
+
+
+def test_each_walk_of_a_validation_starts_its_sizes_afresh(settings):
+    from chronicles.testdata.generator import Options, generate
+
+    settings.MAINTENANCE_TARGET_BATCH_MS = 600_000  # every batch far below: sizes double
+    generate(Options(seed=3, chronicles=2, characters=3_500, scenes=1_500, ledger_entries=1))
+    run = execute(
+        create_run(
+            "validate_data_integrity",
+            {"rules": ["character_xp_mismatch", "scene_activity_stale"], "dry_run": True},
+            trigger=MaintenanceRun.Trigger.CLI,
+        )
+    )
+    assert run.status == Status.SUCCEEDED
+    walks = [
+        (batch.position.get("walk"), batch.size)
+        for batch in RunBatch.objects.filter(run=run).order_by("number")
+    ]
+    # 1,000 then 2,000 rows of characters; the scenes start again from 1,000.
+    assert walks[0] == ("character_xp_mismatch", 1_000)
+    assert walks[1][1] == 2_000
+    # A batch's position is where the walk stands after it: the batch that finished the
+    # characters already points at the scenes; the one after it is the first of theirs.
+    turn = next(i for i, (walk, _) in enumerate(walks) if walk == "scene_activity_stale")
+    assert walks[turn][1] > batch_size.START  # the characters' last batch had grown
+    assert walks[turn + 1][1] == batch_size.START

@@ -153,6 +153,11 @@ def execute(
     return run
 
 
+def _walk_of(position) -> str:
+    """Which walk of a chain a position is in ('' for a single walk)."""
+    return position.get("walk", "") if isinstance(position, dict) else ""
+
+
 def with_retries(action):
     """Call `action`, retrying transient database errors with exponential backoff."""
     attempts = settings.MAINTENANCE_DB_RETRIES
@@ -199,6 +204,7 @@ class _Runner:
             backoff.get("size") or self._last_size(),
         )
         first = True
+        walk = _walk_of(checkpoint["position"])
         while not checkpoint["done"]:
             # At least one batch per slice: a run always makes progress when it runs.
             reason = "" if first else self.budget.used_up()
@@ -207,6 +213,11 @@ class _Runner:
                 return
             if not self._wait_while_unhealthy():
                 return
+            now_in = _walk_of(checkpoint["position"])
+            if now_in != walk:
+                if walk:  # not the first step into a chain's first walk
+                    self.sizer.new_walk()
+                walk = now_in
             number, size = self.committed + 1, self.sizer.size
             started = time.perf_counter()
             try:
