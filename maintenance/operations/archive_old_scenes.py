@@ -3,7 +3,7 @@ time is older than the cutoff. An unfinished scene is never archived."""
 
 from datetime import datetime, timedelta
 
-from django.db.models import Exists, OuterRef
+from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from chronicles.models import Post, Scene, scene_activity_time
@@ -50,10 +50,16 @@ class ArchiveOldScenes(Operation):
         """The scenes the rule archives: candidates with no post since the cutoff either
         (a post counts as activity even where last_activity_at lags behind). Checked
         inside the UPDATE, so a scene that became active since its batch was selected
-        stays; a probe per row of the batch, never a scan of all recent posts."""
+        stays. Asked as "its newest post is older, or it has none": one index probe per
+        row of the batch. (NOT EXISTS would let the planner hash every recent post
+        instead, which it does when its statistics still count scenes already archived.)"""
         cutoff = datetime.fromisoformat(context["cutoff"])
-        recent_post = Post.objects.filter(scene=OuterRef("pk"), created_at__gte=cutoff)
-        return self.candidates(params, context).exclude(Exists(recent_post))
+        newest_post = Post.objects.filter(scene=OuterRef("pk")).order_by("-created_at")
+        return (
+            self.candidates(params, context)
+            .alias(newest_post=Subquery(newest_post.values("created_at")[:1]))
+            .filter(Q(newest_post__lt=cutoff) | Q(newest_post__isnull=True))
+        )
 
     def walk(self, ctx):
         return KeysetWalk(self.candidates(ctx.params, ctx.prepared))
@@ -69,14 +75,11 @@ class ArchiveOldScenes(Operation):
     def archive(self, params, context, ids):
         """Archive those of `ids` the rule still applies to; return the ids archived."""
         stamp = timezone.now()
-        # The batch's id range holds exactly its candidates; a range scan is cheaper than
-        # looking up a thousand ids one by one.
-        batch = self.eligible(params, context).filter(id__gte=ids[0], id__lte=ids[-1])
-        batch.update(archived_at=stamp)
+        self.eligible(params, context).filter(_the_batch(ids)).update(archived_at=stamp)
         # Read back what was archived: the re-check may have left some out, and a scene
         # that became a candidate since the selection may have come in.
         return list(
-            Scene.objects.filter(id__gte=ids[0], id__lte=ids[-1], archived_at=stamp)
+            Scene.objects.filter(_the_batch(ids), archived_at=stamp)
             .order_by("id")
             .values_list("id", flat=True)
         )
@@ -88,3 +91,19 @@ class ArchiveOldScenes(Operation):
             .order_by("id")
             .values_list("id", flat=True)
         )
+
+
+# Candidates are a third of the scenes or more while there is work; a batch whose ids
+# spread over more than this many times their number is sparse.
+SPARSE_FACTOR = 8
+
+
+def _the_batch(ids: list[int]) -> Q:
+    """The rows of a batch of candidate ids (in id order). Its id range holds exactly its
+    candidates, and a range scan of the partial index is cheaper than looking up
+    thousands of ids one by one; but when a few candidates are left spread over the
+    table (those a recent post keeps), the range would cover every unarchived scene, so
+    they are looked up by id."""
+    if ids[-1] - ids[0] < SPARSE_FACTOR * len(ids):
+        return Q(id__gte=ids[0], id__lte=ids[-1])
+    return Q(id__in=ids)
