@@ -22,11 +22,13 @@ WHERE s.finished AND s.archived_at IS NULL
                   WHERE p.scene_id = s.id AND p.created_at >= %(cutoff)s)
 """
 
+# The full rule: a character with no ledger entries sums to 0 too.
 RECALCULATE_SQL = """
 UPDATE chronicles_character c SET xp = ledger.total, updated_at = %(now)s
-FROM (SELECT character_id, SUM(amount) AS total
-      FROM chronicles_xpentry GROUP BY character_id) ledger
-WHERE ledger.character_id = c.id AND c.xp <> ledger.total AND ledger.total >= 0
+FROM (SELECT c2.id, COALESCE(SUM(x.amount), 0) AS total
+      FROM chronicles_character c2
+      LEFT JOIN chronicles_xpentry x ON x.character_id = c2.id GROUP BY c2.id) ledger
+WHERE ledger.id = c.id AND c.xp <> ledger.total AND ledger.total >= 0
 """
 
 # Each integrity rule's detection as one bare query over the whole table.

@@ -95,10 +95,10 @@ def main():
         json.dumps(
             {
                 "runs": RUNS,
-                "enqueue_to_start_ms_median": statistics.median(latencies),
+                "enqueue_to_start_ms_median": round(statistics.median(latencies), 1),
                 "enqueue_to_start_ms_max": max(latencies),
-                "empty_run_via_worker_ms_median": statistics.median(totals),
-                "empty_run_inline_ms_median": statistics.median(inline),
+                "empty_run_via_worker_ms_median": round(statistics.median(totals), 1),
+                "empty_run_inline_ms_median": round(statistics.median(inline), 1),
             }
         )
     )
