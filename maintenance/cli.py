@@ -27,7 +27,7 @@ from maintenance.engine.interrupts import (
 from maintenance.engine.runner import BatchReport
 from maintenance.models import MaintenanceRun
 from maintenance.oneline import describe, escape, first_line
-from maintenance.operations.base import BATCH_SIZE, DRY_RUN
+from maintenance.operations.base import BATCH_SIZE, DRY_RUN, PARTITIONS
 from maintenance.reporting import unfixed_findings
 
 logger = logging.getLogger(__name__)
@@ -321,6 +321,7 @@ def add_parameter_flag(parser, parameter):
 def add_run_options(parser):
     add_parameter_flag(parser, DRY_RUN)
     add_parameter_flag(parser, BATCH_SIZE)
+    add_parameter_flag(parser, PARTITIONS)
     parser.add_argument("--inline", action="store_true", help="Run in this process, no broker.")
     parser.add_argument("--wait", action="store_true", help="Follow an enqueued run to its end.")
     parser.add_argument(

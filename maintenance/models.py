@@ -8,38 +8,18 @@ from django.utils import timezone
 from maintenance.engine import states
 
 
-class MaintenanceRun(models.Model):
+class LeasedWork(models.Model):
+    """What a runner works through with a lease: a run, or one partition of a run. The
+    engine moves both through the same states (engine/states.py) with the same runner."""
+
     Status = states.Status
-
-    class Trigger(models.TextChoices):
-        CLI = "cli", "command line"
-        BEAT = "beat", "beat schedule"
-        ADMIN = "admin", "admin"
-        API = "api", "task sent directly"
-
     FINISHED = states.FINISHED
     ACTIVE = states.ACTIVE
 
-    operation = models.CharField(max_length=64, db_index=True)
     # Written only by the transitions of maintenance/engine/states.py.
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
-    trigger = models.CharField(max_length=10, choices=Trigger.choices)
-    periodic_task_name = models.CharField(max_length=200, blank=True)
-    requested_by = models.CharField(
-        max_length=150, blank=True, help_text="The admin user or OS user who started it."
-    )
-    schedule_changed_by = models.CharField(
-        max_length=200,
-        blank=True,
-        help_text="For a run of a schedule: the admin user who last saved or toggled it.",
-    )
-    params = models.JSONField(default=dict, blank=True)
-    dry_run = models.BooleanField(default=False)
-    # Pinned by --batch-size; empty: each batch's size adapts to the target batch time.
-    batch_size = models.PositiveIntegerField(null=True, blank=True)
     celery_task_id = models.CharField(max_length=255, blank=True, db_index=True)
 
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -69,14 +49,48 @@ class MaintenanceRun(models.Model):
     batches = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
 
+    objects = states.RunQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    @property
+    def is_finished(self):
+        return self.status in self.FINISHED
+
+
+class MaintenanceRun(LeasedWork):
+    class Trigger(models.TextChoices):
+        CLI = "cli", "command line"
+        BEAT = "beat", "beat schedule"
+        ADMIN = "admin", "admin"
+        API = "api", "task sent directly"
+
+    operation = models.CharField(max_length=64, db_index=True)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    periodic_task_name = models.CharField(max_length=200, blank=True)
+    requested_by = models.CharField(
+        max_length=150, blank=True, help_text="The admin user or OS user who started it."
+    )
+    schedule_changed_by = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="For a run of a schedule: the admin user who last saved or toggled it.",
+    )
+    params = models.JSONField(default=dict, blank=True)
+    dry_run = models.BooleanField(default=False)
+    # Pinned by --batch-size; empty: each batch's size adapts to the target batch time.
+    batch_size = models.PositiveIntegerField(null=True, blank=True)
+    # Split into this many partitions (RunPartition), each its own task; 1: not split.
+    partitions = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
     resumed_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_by"
     )
     skipped_because_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="skipped_runs"
     )
-
-    objects = states.RunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -99,8 +113,8 @@ class MaintenanceRun(models.Model):
         return f"#{self.pk} {self.operation} ({self.status})"
 
     @property
-    def is_finished(self):
-        return self.status in self.FINISHED
+    def is_partitioned(self) -> bool:
+        return self.partitions > 1
 
     @property
     def duration_s(self):
@@ -110,10 +124,52 @@ class MaintenanceRun(models.Model):
         return round((end - self.started_at).total_seconds(), 3)
 
 
+class RunPartition(LeasedWork):
+    """One contiguous id range of a partitioned run, fixed at the run's start and worked
+    by a Celery task of its own; the run is finished when all its partitions are."""
+
+    run = models.ForeignKey(MaintenanceRun, on_delete=models.CASCADE, related_name="partition_set")
+    number = models.PositiveSmallIntegerField(help_text="1..N")
+    # The range of the run's first walk, for people; None: open at that end.
+    lower_id = models.BigIntegerField(null=True, blank=True)
+    upper_id = models.BigIntegerField(null=True, blank=True)
+    # The range of every walk ({walk: [lower, upper]}): validation walks three tables.
+    bounds = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="one_partition_number_per_run")
+        ]
+
+    def __str__(self):
+        return f"partition {self.number} of run #{self.run_id} ({self.status})"
+
+    # What the runner reads from the run it belongs to.
+    @property
+    def operation(self) -> str:
+        return self.run.operation
+
+    @property
+    def params(self) -> dict:
+        return self.run.params
+
+    @property
+    def dry_run(self) -> bool:
+        return self.run.dry_run
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.run.batch_size
+
+
 class RunBatch(models.Model):
     """One committed batch: which rows it changed (or, in a dry run, would change)."""
 
     run = models.ForeignKey(MaintenanceRun, on_delete=models.CASCADE, related_name="batch_log")
+    # The partition's number (1..N) in a partitioned run, 0 in a run that is not split;
+    # batches are numbered within it.
+    partition = models.PositiveSmallIntegerField(default=0)
     number = models.PositiveIntegerField()
     position = models.JSONField(null=True, help_text="The checkpoint after this batch.")
     processed = models.PositiveIntegerField()
@@ -126,13 +182,16 @@ class RunBatch(models.Model):
     committed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["run", "number"]
+        ordering = ["run", "partition", "number"]
         constraints = [
-            models.UniqueConstraint(fields=["run", "number"], name="one_batch_number_per_run")
+            models.UniqueConstraint(
+                fields=["run", "partition", "number"], name="one_batch_number_per_partition"
+            )
         ]
 
     def __str__(self):
-        return f"batch {self.number} of run #{self.run_id}"
+        where = f"partition {self.partition} of " if self.partition else ""
+        return f"batch {self.number} of {where}run #{self.run_id}"
 
 
 class Finding(models.Model):

@@ -36,12 +36,46 @@ def run_summary(run):
         "throttle_reason": run.throttle_reason or None,
         "throttled_now": throttled_now(run),
         "attempts": run.attempts,
-        "partitions": [],
+        "partitions": [partition_summary(p) for p in partitions_of(run)],
+    }
+
+
+def partitions_of(run) -> list:
+    if not run.is_partitioned:
+        return []
+    return list(run.partition_set.order_by("number"))
+
+
+def partition_summary(partition) -> dict:
+    """One partition of a partitioned run, as an item of the run's "partitions"."""
+    return {
+        "number": partition.number,
+        "status": partition.status,
+        "lower_id": partition.lower_id,
+        "upper_id": partition.upper_id,
+        "processed": partition.processed,
+        "total": partition.total,
+        "changed": partition.changed,
+        "findings": partition.findings,
+        "batches": partition.batches,
+        "attempts": partition.attempts,
+        "worker": partition.worker or None,
+        "rows_per_s": rows_per_s(partition),
+        "throttled_s": round(partition.throttled_s, 1),
+        "error": partition.error or None,
     }
 
 
 def rows_per_s(run) -> float | None:
-    """Rows looked at per second of batch work (time waiting in the queue not counted)."""
+    """Rows looked at per second of batch work (time waiting in the queue not counted).
+    A partitioned run's partitions work side by side: its rate is theirs added up."""
+    if getattr(run, "is_partitioned", False):
+        rates = [rows_per_s(p) for p in run.partition_set.filter(status__in=ACTIVE)]
+        if any(rates):
+            return round(sum(rate for rate in rates if rate), 1)
+        elapsed = (run.finished_at or timezone.now()) - (run.started_at or timezone.now())
+        seconds = elapsed.total_seconds()
+        return round(run.processed / seconds, 1) if run.processed and seconds > 0 else None
     if not run.processed or run.work_seconds <= 0:
         return None
     return round(run.processed / run.work_seconds, 1)
@@ -84,7 +118,9 @@ def run_progress_line(run) -> str:
     done = f"{run.processed:,}" + (f"/{run.total:,}" if run.total is not None else "")
     if run.total:
         done += f" ({min(100, 100 * run.processed // run.total)}%)"
-    parts = [f"#{run.pk} {run.operation}{' (dry run)' if run.dry_run else ''}", status, done]
+    split = f" in {run.partitions} partitions" if run.is_partitioned else ""
+    label = f"#{run.pk} {run.operation}{' (dry run)' if run.dry_run else ''}{split}"
+    parts = [label, status, done]
     rate, eta = rows_per_s(run), eta_s(run)
     if rate:
         parts.append(f"{rate:,.0f} rows/s")
@@ -96,6 +132,27 @@ def run_progress_line(run) -> str:
     if run.error:
         parts.append(run.error)
     return " | ".join(parts)
+
+
+def partition_lines(run) -> list[str]:
+    """One line per partition of a partitioned run, for `maintenance_run show`."""
+    lines = []
+    for partition in partitions_of(run):
+        low = "start" if partition.lower_id is None else f"{partition.lower_id:,}"
+        high = "end" if partition.upper_id is None else f"{partition.upper_id:,}"
+        done = f"{partition.processed:,}" + (
+            f"/{partition.total:,}" if partition.total is not None else ""
+        )
+        parts = [f"  partition {partition.number} (ids {low}..{high})", partition.status, done]
+        if rate := rows_per_s(partition):
+            parts.append(f"{rate:,.0f} rows/s")
+        parts.append(f"{partition.changed:,} changed, attempt {partition.attempts}")
+        if partition.worker:
+            parts.append(partition.worker)
+        if partition.error:
+            parts.append(partition.error)
+        lines.append(" | ".join(parts))
+    return lines
 
 
 def unfixed_findings(run):

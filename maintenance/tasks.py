@@ -20,7 +20,7 @@ from maintenance.engine.runner import Budget
 from maintenance.engine.states import ACTIVE
 from maintenance.engine.sweeper import sweep
 from maintenance.engine.triggers import run_from_task
-from maintenance.models import MaintenanceRun
+from maintenance.models import LeasedWork, MaintenanceRun, RunPartition
 
 logger = logging.getLogger(__name__)
 # Set in this process when its worker begins a warm shutdown (solo and thread pools).
@@ -35,7 +35,14 @@ class RunFailed(Exception):
 
     @classmethod
     def of(cls, summary: dict) -> "RunFailed":
-        failure = cls(f"run #{summary['run_id']} failed: {summary['error']}")
+        partition = summary.get("partition")
+        if partition:
+            failure = cls(
+                f"partition {partition['number']} of run #{summary['run_id']} failed: "
+                f"{partition['error']}"
+            )
+        else:
+            failure = cls(f"run #{summary['run_id']} failed: {summary['error']}")
         failure.summary = summary
         return failure
 
@@ -47,8 +54,11 @@ def _ask_runs_to_give_back(sender=None, **kwargs):
     Prefork pool processes learn it from their run row, read with every batch."""
     _shutting_down.set()
     try:
-        asked = MaintenanceRun.objects.filter(status__in=ACTIVE, worker=str(sender)).update(
-            stop_requested=True
+        asked = sum(
+            model.objects.filter(status__in=ACTIVE, worker=str(sender)).update(
+                stop_requested=True
+            )
+            for model in (MaintenanceRun, RunPartition)
         )
         logger.warning("worker %s shutting down: asked %d runs to stop", sender, asked)
     except DatabaseError:
@@ -57,14 +67,18 @@ def _ask_runs_to_give_back(sender=None, **kwargs):
         connection.close()
 
 
-def _requeue(run: MaintenanceRun) -> None:
-    """An interrupted run goes straight back on the queue; if the broker cannot take it,
-    the sweeper sends it later."""
-    if MaintenanceRun.objects.filter(pk=run.pk).requeue():
-        try:
-            send(run)
-        except BrokerUnavailable as error:
-            logger.warning("%s; the sweeper will send it", error)
+def _requeue(run: LeasedWork) -> None:
+    """An interrupted run or partition goes straight back on the queue; if the broker
+    cannot take it, the sweeper sends it later."""
+    if type(run).objects.filter(pk=run.pk).requeue():
+        _send_or_leave_to_sweeper(run)
+
+
+def _send_or_leave_to_sweeper(run: LeasedWork) -> None:
+    try:
+        send(run)
+    except BrokerUnavailable as error:
+        logger.warning("%s; the sweeper will send it", error)
 
 
 def _ended_since(summary: dict, moment) -> bool:
@@ -133,8 +147,11 @@ def _operation_task(operation):
             args=args,
             budget=worker_budget(),
             worker=str(getattr(self.request, "hostname", None) or ""),
+            send=_send_or_leave_to_sweeper,
         )
-        if summary["status"] == MaintenanceRun.Status.FAILED and _ended_since(
+        # A partition's message fails when its partition failed, not when a sibling did.
+        outcome = summary.get("partition") or summary
+        if outcome["status"] == MaintenanceRun.Status.FAILED and _ended_since(
             summary, delivered_at
         ):
             raise RunFailed.of(summary)

@@ -7,10 +7,12 @@ from celery import current_app
 from kombu.utils.url import maybe_sanitize_url
 
 from maintenance import oneline, operations
+from maintenance.engine import partitions
 from maintenance.engine.interrupts import sigint_deferred
 from maintenance.engine.runs import create_run
+from maintenance.engine.states import Status
 from maintenance.engine.triggers import REQUESTED_BY_HEADER, TRIGGER_HEADER
-from maintenance.models import MaintenanceRun
+from maintenance.models import LeasedWork, MaintenanceRun, RunPartition
 
 # Seconds any one broker step (connect, check, publish) may take. The check and the
 # publish each get one attempt, so an unreachable or silent broker is said within
@@ -55,14 +57,26 @@ def check_broker() -> None:
         ) from None
 
 
-def _publish(run: MaintenanceRun, connection=None) -> None:
-    """Publish `run` to its operation's task, looked up by name in the Celery app (the
-    engine does not import the task layer); the message carries only the run id."""
+def _publish(unit: LeasedWork, connection=None) -> None:
+    """Publish a run, or each partition of a partitioned run, to the operation's task,
+    looked up by name in the Celery app (the engine does not import the task layer); a
+    message carries only the run id (and the partition's number)."""
+    if isinstance(unit, MaintenanceRun) and unit.is_partitioned:
+        with connection or bounded_connection() as conn:
+            for partition in partitions.of(unit).filter(status=Status.QUEUED):
+                partition.run = unit
+                _new_task_id(partition)
+                _publish(partition, conn)
+        return
+    run = unit.run if isinstance(unit, RunPartition) else unit
+    kwargs = {"run_id": run.pk}
+    if isinstance(unit, RunPartition):
+        kwargs["partition"] = unit.number
     task = current_app.tasks[f"maintenance.{run.operation}"]
     with connection or bounded_connection() as conn:
         task.apply_async(
-            kwargs={"run_id": run.pk},
-            task_id=run.celery_task_id,
+            kwargs=kwargs,
+            task_id=unit.celery_task_id,
             headers={TRIGGER_HEADER: run.trigger, REQUESTED_BY_HEADER: run.requested_by},
             connection=conn,
             # The command follows the run in the database, never through results:
@@ -70,6 +84,13 @@ def _publish(run: MaintenanceRun, connection=None) -> None:
             ignore_result=True,
             retry=False,
         )
+
+
+def _new_task_id(unit: LeasedWork) -> None:
+    """A new task id for each sending, so a stale copy of an older message is
+    recognisably stale."""
+    unit.celery_task_id = str(uuid.uuid4())
+    type(unit).objects.filter(pk=unit.pk).update(celery_task_id=unit.celery_task_id)
 
 
 def enqueue(run: MaintenanceRun, connection=None) -> None:
@@ -82,22 +103,29 @@ def enqueue(run: MaintenanceRun, connection=None) -> None:
         reason = "interrupted" if interrupted else oneline.first_line(error)
         message = f"could not enqueue on {_broker()}: {reason}"
         MaintenanceRun.objects.filter(pk=run.pk, status=MaintenanceRun.Status.QUEUED).fail(message)
+        if run.is_partitioned:
+            partitions.settle(run.pk)
         if interrupted or not isinstance(error, Exception):
             raise
         raise BrokerUnavailable(message) from None
 
 
-def send(run: MaintenanceRun) -> None:
-    """Send a queued run again (resumed, re-queued after its slice, or its message lost)
-    under a new task id, so a stale copy of an older message is recognisably stale. When
-    the broker is down the run stays queued and the sweeper sends it later."""
-    run.celery_task_id = str(uuid.uuid4())
-    MaintenanceRun.objects.filter(pk=run.pk).update(celery_task_id=run.celery_task_id)
+def _label(unit: LeasedWork) -> str:
+    if isinstance(unit, RunPartition):
+        return f"partition {unit.number} of run #{unit.run_id}"
+    return f"run #{unit.pk}"
+
+
+def send(run: LeasedWork) -> None:
+    """Send a queued run or partition again (resumed, re-queued after its slice, or its
+    message lost) under a new task id. When the broker is down it stays queued and the
+    sweeper sends it later."""
+    _new_task_id(run)
     try:
         _publish(run)
     except Exception as error:
         raise BrokerUnavailable(
-            f"could not send run #{run.pk} on {_broker()}: {oneline.first_line(error)}"
+            f"could not send {_label(run)} on {_broker()}: {oneline.first_line(error)}"
         ) from None
 
 

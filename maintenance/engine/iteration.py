@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from django.db.models import QuerySet
+from django.db.models import Max, Min, QuerySet
+
+# An id range, both ends included; None: open at that end.
+Range = tuple[int | None, int | None]
+# The whole key space of a walk: no bounds.
+WHOLE: Range = (None, None)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class RunContext:
     prepared: dict  # values fixed at the run's start (a cutoff, a file's identity)
     dry_run: bool
     batch_size: int | None  # pinned by --batch-size; None: the runner adapts it
+    # A partition's id range of each walk ({walk: [lower, upper]}); None: everything.
+    bounds: dict | None = None
 
 
 @dataclass
@@ -75,6 +82,30 @@ class Enumerator(Protocol):
     def count_after(self, position: Any) -> int | None: ...
 
 
+class Splittable(Enumerator, Protocol):
+    """A walk over ids that partitions can share out: it says the id range of each of its
+    walks, and gives the walk restricted to ranges."""
+
+    def key_ranges(self) -> dict[str, Range]: ...
+
+    def bounded(self, bounds: dict[str, Range]) -> Enumerator: ...
+
+
+def within(queryset: QuerySet, bounds: Range | list | None) -> QuerySet:
+    """`queryset` restricted to an id range (both ends included, None: open)."""
+    lower, upper = bounds or WHOLE
+    if lower is not None:
+        queryset = queryset.filter(id__gte=lower)
+    if upper is not None:
+        queryset = queryset.filter(id__lte=upper)
+    return queryset
+
+
+def id_range(queryset: QuerySet) -> Range:
+    found = queryset.aggregate(lower=Min("id"), upper=Max("id"))
+    return found["lower"], found["upper"]
+
+
 class KeysetWalk:
     """The ids of a queryset in id order, `size` at a time; the position is the last id.
     Keyset, never OFFSET: rows that leave the set (archived ones) shift nothing."""
@@ -96,6 +127,12 @@ class KeysetWalk:
 
     def count_after(self, position):
         return self._after(position).count()
+
+    def key_ranges(self):
+        return {"": id_range(self.queryset)}
+
+    def bounded(self, bounds):
+        return KeysetWalk(within(self.queryset, bounds.get("")))
 
 
 class ChainedWalk:
@@ -138,3 +175,11 @@ class ChainedWalk:
             for number, name in enumerate(self.names[index:], start=index)
         ]
         return None if None in counts else sum(counts)
+
+    def key_ranges(self):
+        return {name: walk.key_ranges()[""] for name, walk in self.walks.items()}
+
+    def bounded(self, bounds):
+        return ChainedWalk(
+            {name: walk.bounded({"": bounds.get(name)}) for name, walk in self.walks.items()}
+        )

@@ -19,8 +19,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from maintenance.engine import partitions
 from maintenance.engine.states import ACTIVE, Status
-from maintenance.models import MaintenanceRun
+from maintenance.models import LeasedWork, MaintenanceRun, RunPartition
 
 # Started and not finished, though no runner holds it right now.
 UNDER_WAY = (Status.QUEUED, Status.INTERRUPTED, Status.PAUSED)
@@ -39,21 +40,31 @@ def lease() -> timedelta:
     return timedelta(seconds=settings.MAINTENANCE_LEASE_SECONDS)
 
 
-def is_dead(run: MaintenanceRun, now: datetime | None = None) -> bool:
-    last_sign_of_life = run.heartbeat_at or run.started_at
-    return last_sign_of_life is None or last_sign_of_life < (now or timezone.now()) - lease()
+def is_dead(unit: LeasedWork, now: datetime | None = None) -> bool:
+    """No sign of life within the lease. A partitioned run lives in its partitions: it
+    is dead when none of them waits for a worker or works with a fresh heartbeat."""
+    cutoff = (now or timezone.now()) - lease()
+    if isinstance(unit, MaintenanceRun) and unit.is_partitioned:
+        alive = Q(status__in=partitions.PENDING) | Q(status__in=ACTIVE, heartbeat_at__gte=cutoff)
+        return not RunPartition.objects.filter(alive, run_id=unit.pk).exists()
+    last_sign_of_life = unit.heartbeat_at or unit.started_at
+    return last_sign_of_life is None or last_sign_of_life < cutoff
 
 
-def _runs(run: MaintenanceRun):
-    return MaintenanceRun.objects.filter(pk=run.pk)
+def _runs(unit: LeasedWork):
+    return type(unit).objects.filter(pk=unit.pk)
 
 
-def claim(run: MaintenanceRun, worker: str = "") -> Claim:
-    """Make `run` the active run of its operation. Returns a Claim; when it is not ok the
-    run was skipped, deferred, given up, or is not this delivery's to run."""
+def claim(run: LeasedWork, worker: str = "") -> Claim:
+    """Make `run` the active run of its operation (for a partition: its run, then the
+    partition itself). Returns a Claim; when it is not ok the run was skipped, deferred,
+    given up, or is not this delivery's to run."""
+    if isinstance(run, RunPartition):
+        return _claim_partition(run, worker)
     run.refresh_from_db()
     if run.status in ACTIVE:
-        return _reclaim(run, worker)
+        # A partitioned run is held by its partitions, never by a runner of its own.
+        return Claim() if run.is_partitioned else _reclaim(run, worker)
     if run.status != Status.QUEUED:
         return Claim()  # paused, cancelled, finished: a stale delivery has nothing to do
     if _given_up(run):
@@ -109,7 +120,33 @@ def claim(run: MaintenanceRun, worker: str = "") -> Claim:
     raise RuntimeError(f"could not settle who runs {run.operation}")
 
 
-def _given_up(run: MaintenanceRun) -> bool:
+def _claim_partition(partition: RunPartition, worker: str) -> Claim:
+    """A partition runs once its run holds the operation (the first partition to come
+    claims it for all of them) and while the run is running."""
+    partition.refresh_from_db()
+    if partition.status in ACTIVE:
+        return _reclaim(partition, worker)
+    if partition.status != Status.QUEUED:
+        return Claim()
+    run = partition.run
+    run.refresh_from_db()
+    if run.status == Status.QUEUED:
+        claim(run, worker)  # or skipped, or deferred while another run holds it
+        run.refresh_from_db()
+    if run.status != Status.RUNNING:
+        partitions.settle(run.pk)  # a skipped or stopped run takes its partitions along
+        partition.refresh_from_db()
+        return Claim()
+    if _given_up(partition):
+        partitions.settle(run.pk)
+        return Claim()
+    token = uuid.uuid4().hex
+    claimed = _runs(partition).claim(token, worker)
+    partition.refresh_from_db()
+    return Claim(token) if claimed else Claim()
+
+
+def _given_up(run: LeasedWork) -> bool:
     """After MAINTENANCE_MAX_ATTEMPTS starts in a row without a committed batch, fail."""
     limit = settings.MAINTENANCE_MAX_ATTEMPTS
     if run.idle_attempts < limit:
@@ -139,7 +176,7 @@ def _wait_or_skip(run: MaintenanceRun, holder: MaintenanceRun) -> None:
     run.refresh_from_db()
 
 
-def _reclaim(run: MaintenanceRun, worker: str) -> Claim:
+def _reclaim(run: LeasedWork, worker: str) -> Claim:
     """The same run delivered again (acks_late redelivery, or a message the sweeper sent
     again). Wait until the earlier attempt ends or its lease runs out, then take over."""
     deadline = time.monotonic() + settings.MAINTENANCE_LEASE_SECONDS + 5
@@ -163,25 +200,35 @@ def _reclaim(run: MaintenanceRun, worker: str) -> Claim:
     return Claim(token) if taken else Claim()
 
 
-def unchanged(run: MaintenanceRun):
+def unchanged(run: LeasedWork):
     """The run, only if nobody has touched it since it was read (same lease token, same
     heartbeat): the guard of every move made on a run believed dead."""
-    return MaintenanceRun.objects.filter(
+    return type(run).objects.filter(
         pk=run.pk, lease_token=run.lease_token, heartbeat_at=run.heartbeat_at
     )
 
 
-def expire_dead(run: MaintenanceRun) -> bool:
-    """Interrupt a dead run (pausing -> paused, cancelling -> cancelled), only if nobody
-    has touched it since it was read. Says whether it moved."""
+def expire_dead(run: LeasedWork) -> bool:
+    """Interrupt a dead run or partition (pausing -> paused, cancelling -> cancelled),
+    only if nobody has touched it since it was read. Says whether it moved."""
     note = (
         f"interrupted: no heartbeat since {run.heartbeat_at or run.started_at} "
         f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); data is as of batch {run.batches}"
     )
-    return bool(unchanged(run).expire(note))
+    moved = bool(unchanged(run).expire(note))
+    if moved:
+        _settle_if_split(run)
+    return moved
 
 
-def _expire(run: MaintenanceRun) -> None:
+def _settle_if_split(unit: LeasedWork) -> None:
+    if isinstance(unit, RunPartition):
+        partitions.settle(unit.run_id)
+    elif unit.is_partitioned:
+        partitions.settle(unit.pk)
+
+
+def _expire(run: LeasedWork) -> None:
     expire_dead(run)
     run.refresh_from_db()
 
@@ -197,4 +244,5 @@ def _abandon(holder: MaintenanceRun, taken_over_by: MaintenanceRun) -> None:
         f"abandoned: no heartbeat since {holder.heartbeat_at or holder.started_at} "
         f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); taken over by run #{taken_over_by.pk}"
     )
-    unchanged(holder).fail(note)
+    if unchanged(holder).fail(note):
+        _settle_if_split(holder)

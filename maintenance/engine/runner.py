@@ -30,12 +30,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from maintenance import oneline, operations
-from maintenance.engine import health, leases, timeouts
+from maintenance.engine import health, leases, partitions, timeouts
 from maintenance.engine.batch_size import BatchSizer
 from maintenance.engine.interrupts import reset_interrupted_connection, sigint_held
 from maintenance.engine.iteration import BatchResult, RunContext
 from maintenance.engine.states import ACTIVE, Status
-from maintenance.models import Finding, MaintenanceRun, RunBatch
+from maintenance.models import Finding, LeasedWork, MaintenanceRun, RunBatch, RunPartition
 
 # The longest single backoff after a timed-out batch: an operator's pause or cancel
 # waits at most this long (plus one batch) to be seen.
@@ -71,9 +71,9 @@ class BatchReport:
     size: int | None = None
 
     @classmethod
-    def of(cls, run: MaintenanceRun, batch: RunBatch) -> BatchReport:
+    def of(cls, run: LeasedWork, batch: RunBatch) -> BatchReport:
         return cls(
-            run_id=run.pk,
+            run_id=batch.run_id,
             number=batch.number,
             processed=batch.processed,
             changed=batch.changed,
@@ -95,7 +95,7 @@ class Budget:
     should_yield: Callable[[], bool] = lambda: False
     interruptions: tuple[type[BaseException], ...] = ()
     # puts an interrupted run back on the queue; None leaves it to the sweeper
-    requeue: Callable[[MaintenanceRun], None] | None = None
+    requeue: Callable[[LeasedWork], None] | None = None
     started: float = field(default_factory=time.monotonic)
 
     def used_up(self) -> str:
@@ -111,12 +111,44 @@ INLINE = Budget()
 
 
 def execute(
-    run: MaintenanceRun,
+    run: LeasedWork,
     on_batch: Callable[[BatchReport], None] | None = None,
     budget: Budget = INLINE,
     worker: str = "",
-) -> MaintenanceRun:
-    """Run `run` until it ends or must stop, and return it refreshed."""
+) -> LeasedWork:
+    """Run `run` (a run, or one partition of a run) until it ends or must stop, and
+    return it refreshed. A partitioned run is run here partition after partition."""
+    if isinstance(run, MaintenanceRun) and run.is_partitioned:
+        return _execute_partitions(run, on_batch, budget, worker)
+    try:
+        return _execute(run, on_batch, budget, worker)
+    finally:
+        if isinstance(run, RunPartition):
+            # Whatever happened to the partition, its run follows (the fan-in).
+            with sigint_held():
+                with_retries(lambda: partitions.settle(run.run_id))
+
+
+def _execute_partitions(run, on_batch, budget, worker) -> MaintenanceRun:
+    """--inline: the partitions one after another in this process. Ctrl-C pauses the
+    whole run (the partition under way at its batch boundary)."""
+    try:
+        for partition in partitions.of(run):
+            if partition.status == Status.QUEUED:
+                execute(partition, on_batch, budget, worker)
+                partition.run.refresh_from_db()
+                if partition.run.status not in (Status.RUNNING, Status.QUEUED):
+                    break  # paused, cancelled or failed under us
+    except KeyboardInterrupt:
+        with sigint_held():
+            MaintenanceRun.objects.filter(pk=run.pk).pause()
+            partitions.settle(run.pk)
+        raise
+    run.refresh_from_db()
+    return run
+
+
+def _execute(run, on_batch, budget, worker) -> LeasedWork:
     claim = with_retries(lambda: leases.claim(run, worker))
     if not claim.ok:
         run.refresh_from_db()
@@ -189,7 +221,28 @@ class _Runner:
         self.succeeded = False
 
     def _mine(self):
-        return MaintenanceRun.objects.filter(pk=self.run_record.pk, lease_token=self.token)
+        return type(self.run_record).objects.filter(pk=self.run_record.pk, lease_token=self.token)
+
+    @property
+    def run_id(self) -> int:
+        """The run this unit's batches, findings and counters belong to."""
+        unit = self.run_record
+        return unit.run_id if isinstance(unit, RunPartition) else unit.pk
+
+    @property
+    def partition_number(self) -> int:
+        unit = self.run_record
+        return unit.number if isinstance(unit, RunPartition) else 0
+
+    def _add_to_run(self, sums: dict, **values) -> None:
+        """A partition's progress also counts on its run, which carries the sums (and
+        the sign of life that keeps a partitioned run from looking dead)."""
+        if isinstance(self.run_record, RunPartition):
+            MaintenanceRun.objects.filter(pk=self.run_id).update(
+                **{field: F(field) + value for field, value in sums.items()},
+                heartbeat_at=timezone.now(),
+                **values,
+            )
 
     def run(self) -> None:
         checkpoint = with_retries(self._starting_checkpoint)
@@ -244,7 +297,9 @@ class _Runner:
         """The size the run's last batch used, so a resumed run goes on at its pace."""
         if not self.run_record.batches:
             return None
-        batches = RunBatch.objects.filter(run_id=self.run_record.pk).order_by("-number")
+        batches = RunBatch.objects.filter(
+            run_id=self.run_id, partition=self.partition_number
+        ).order_by("-number")
         return batches.values_list("size", flat=True).first()
 
     # --- throttling: waits for the database's sake, recorded on the run ---
@@ -277,7 +332,7 @@ class _Runner:
         # The exponent is capped first: 2 ** 1024 does not fit in a float.
         backoff = settings.MAINTENANCE_RETRY_BACKOFF * 2 ** min(waited - 1, 16)
         backoff = min(backoff, MAX_BACKOFF_SECONDS)
-        logger.info("run #%s backs off %.1fs: %s", self.run_record.pk, backoff, timeout)
+        logger.info("run #%s backs off %.1fs: %s", self.run_id, backoff, timeout)
         remembered = {"statement_timeouts": self.statement_timeouts, "size": self.sizer.size}
         remember = {"checkpoint": {**checkpoint, BACKOFF: remembered}}
         return self._throttle(str(timeout), backoff, already_lost=wasted, also=remember)
@@ -325,6 +380,10 @@ class _Runner:
         )
         if not recorded and not self._mine().filter(status__in=ACTIVE).exists():
             raise LeaseLost()
+        if recorded:
+            self._add_to_run(
+                {"throttled_s": seconds}, throttle_reason=reason[:200], throttled_at=now
+            )
         return bool(recorded)
 
     # --- the start: this run's checkpoint, a failed run's, or a fresh one ---
@@ -337,7 +396,8 @@ class _Runner:
         if run.checkpoint and self._can_resume(run.checkpoint):
             checkpoint = run.checkpoint
         else:
-            source = None if run.checkpoint else self._resumable_run()
+            fresh = not run.checkpoint and isinstance(run, MaintenanceRun)
+            source = self._resumable_run() if fresh else None
             if source is not None:
                 checkpoint = {**source.checkpoint}
             else:
@@ -345,11 +405,14 @@ class _Runner:
                 checkpoint = {"context": prepared, "position": None, "done": False}
             # Written before the count: a run stopped or failed while counting is under
             # way (a fresh trigger yields to it) and resumable with this context.
-            if not self._mine().update(
-                checkpoint=checkpoint, resumed_from=source, heartbeat_at=timezone.now()
-            ):
+            started = {"checkpoint": checkpoint, "heartbeat_at": timezone.now()}
+            if isinstance(run, MaintenanceRun):
+                started["resumed_from"] = source
+            if not self._mine().update(**started):
                 raise LeaseLost()
-            run.checkpoint, run.resumed_from = checkpoint, source
+            run.checkpoint = checkpoint
+            if isinstance(run, MaintenanceRun):
+                run.resumed_from = source
         self.context = self._context(checkpoint)
         remaining = self.operation.count_remaining(self.context, checkpoint["position"])
         total = None if remaining is None else run.processed + remaining
@@ -362,11 +425,12 @@ class _Runner:
     def _context(self, checkpoint: dict) -> RunContext:
         run = self.run_record
         return RunContext(
-            run_id=run.pk,
+            run_id=self.run_id,
             params=run.params,
             prepared=checkpoint["context"],
             dry_run=run.dry_run,
             batch_size=run.batch_size,
+            bounds=run.bounds if isinstance(run, RunPartition) else None,
         )
 
     def _resumable_run(self) -> MaintenanceRun | None:
@@ -384,7 +448,7 @@ class _Runner:
             .order_by("-created_at", "-pk")
             .first()
         )
-        if previous is None or previous.params != run.params:
+        if previous is None or previous.params != run.params or previous.is_partitioned:
             return None
         if not previous.checkpoint or previous.checkpoint.get("done"):
             return None
@@ -431,7 +495,8 @@ class _Runner:
             logged = None
             if result.processed:
                 logged = RunBatch.objects.create(
-                    run_id=run.pk,
+                    run_id=self.run_id,
+                    partition=self.partition_number,
                     number=number,
                     position=result.position,
                     processed=result.processed,
@@ -462,6 +527,15 @@ class _Runner:
                 if not self._mine().filter(status__in=ACTIVE).update(**progress):
                     raise LeaseLost()
                 keep_going = False  # pausing, cancelling, or the worker wants it back
+            self._add_to_run(
+                {
+                    "processed": result.processed,
+                    "changed": result.changed,
+                    "findings": len(result.findings),
+                    "batches": 1 if logged else 0,
+                    "work_seconds": seconds,
+                }
+            )
             if result.done:
                 # The last batch and the run's success commit together: one commit less.
                 self.succeeded = bool(self._mine().succeed(self.token))
@@ -474,7 +548,7 @@ class _Runner:
         Finding.objects.bulk_create(
             [
                 Finding(
-                    run_id=self.run_record.pk,
+                    run_id=self.run_id,
                     rule=f.rule,
                     model=f.model,
                     object_id=f.object_id,
@@ -508,7 +582,7 @@ class _Runner:
             self._mine().stop(
                 self.token,
                 f"paused by Ctrl-C; data is as of batch {committed}; "
-                f"resume with: manage.py maintenance_run resume {self.run_record.pk}",
+                f"resume with: manage.py maintenance_run resume {self.run_id}",
             )
 
         try:

@@ -6,7 +6,12 @@ line, so no later repr(), json encoder or database ever meets them."""
 
 import math
 
+from django.db import transaction
+from django.utils import timezone
+
 from maintenance import operations
+from maintenance.engine import partitions
+from maintenance.engine.iteration import RunContext
 from maintenance.models import MaintenanceRun
 from maintenance.operations.base import ParameterError
 
@@ -89,18 +94,34 @@ def create_run(
     written nothing."""
     operation = operations.get(operation_name)
     screen(raw_params)
-    params, dry_run, batch_size = operation.clean(raw_params)
-    return MaintenanceRun.objects.create(
-        operation=operation.name,
-        trigger=trigger,
-        requested_by=requested_by,
-        periodic_task_name=periodic_task_name,
-        schedule_changed_by=schedule_changed_by,
-        celery_task_id=celery_task_id,
-        params=params,
-        dry_run=dry_run,
-        batch_size=batch_size,
-    )
+    params, dry_run, batch_size, partitions = operation.clean(raw_params)
+    with transaction.atomic():  # a partitioned run appears with all its partitions
+        run = MaintenanceRun.objects.create(
+            operation=operation.name,
+            trigger=trigger,
+            requested_by=requested_by,
+            periodic_task_name=periodic_task_name,
+            schedule_changed_by=schedule_changed_by,
+            celery_task_id=celery_task_id,
+            params=params,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            partitions=partitions,
+        )
+        if run.is_partitioned:
+            _split(run, operation)
+    return run
+
+
+def _split(run: MaintenanceRun, operation) -> None:
+    """Fix the run's context (e.g. its cutoff) and its partitions' ranges now, at its
+    start, and count its rows once for progress."""
+    prepared = operation.prepare(run.params, timezone.now())
+    context = RunContext(run.pk, run.params, prepared, run.dry_run, run.batch_size)
+    partitions.create(run, operation, context)
+    run.checkpoint = {"context": prepared, "position": None, "done": False}
+    run.total = operation.count_remaining(context, None)
+    MaintenanceRun.objects.filter(pk=run.pk).update(checkpoint=run.checkpoint, total=run.total)
 
 
 def record_rejected(operation_name, raw_params, error, **origin):

@@ -70,6 +70,9 @@ TRANSITIONS: dict[str, dict[str, str]] = {
         Status.PAUSING: Status.PAUSED,
         Status.CANCELLING: Status.CANCELLED,
     },
+    # operator: a failed partition (or the partitioned run it failed) goes back on the
+    # queue from its checkpoint; the partitions that succeeded stay as they are
+    "retry": {Status.FAILED: Status.QUEUED},
     "succeed": {s: Status.SUCCEEDED for s in ACTIVE},
     "fail": {s: Status.FAILED for s in (*ACTIVE, Status.QUEUED, Status.INTERRUPTED)},
 }
@@ -155,6 +158,9 @@ class RunQuerySet(models.QuerySet):
 
     def resume(self) -> int:
         return self.transition("resume", queued_at=timezone.now(), error="")
+
+    def retry(self) -> int:
+        return self.transition("retry", queued_at=timezone.now(), finished_at=None, error="")
 
     def requeue(self) -> int:
         return self.transition("requeue", queued_at=timezone.now())

@@ -23,9 +23,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from maintenance import operations
-from maintenance.engine import leases
+from maintenance.engine import leases, partitions
 from maintenance.engine.states import ACTIVE, Status
-from maintenance.models import MaintenanceRun
+from maintenance.models import LeasedWork, MaintenanceRun, RunPartition
 from maintenance.operations.registry import UnknownOperation
 
 logger = logging.getLogger(__name__)
@@ -49,17 +49,37 @@ def sweep(send: Callable[[MaintenanceRun], None], now: datetime | None = None) -
     return done
 
 
-def _expire_dead(now: datetime, done: Sweep) -> None:
-    cutoff = now - leases.lease()
-    dead = MaintenanceRun.objects.filter(status__in=ACTIVE).filter(
+def _dead(model, cutoff):
+    return model.objects.filter(status__in=ACTIVE).filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
     )
-    for run in dead:
+
+
+def _expire_dead(now: datetime, done: Sweep) -> None:
+    cutoff = now - leases.lease()
+    # A partitioned run lives in its partitions: they expire, and the run follows.
+    for run in _dead(MaintenanceRun, cutoff).filter(partitions=1):
         if leases.expire_dead(run):
             done.expired.append(run.pk)
+    for partition in _dead(RunPartition, cutoff).select_related("run"):
+        if leases.expire_dead(partition):
+            done.expired.append(partition.run_id)
+    # A settle lost with a dying process: partitioned runs whose partitions are at rest.
+    for run_id in MaintenanceRun.objects.filter(status__in=ACTIVE, partitions__gt=1).values_list(
+        "pk", flat=True
+    ):
+        partitions.settle(run_id)
 
 
 def _requeue_interrupted(send: Callable[[MaintenanceRun], None], done: Sweep) -> None:
+    # Partitions of a running run that gave their worker back or lost it: go on.
+    interrupted = RunPartition.objects.filter(
+        status=Status.INTERRUPTED, run__status=Status.RUNNING
+    ).select_related("run")
+    for partition in interrupted:
+        if RunPartition.objects.filter(pk=partition.pk).requeue():
+            _send(send, partition)
+            done.requeued.append(partition.run_id)
     busy = set(MaintenanceRun.objects.filter(status__in=ACTIVE).values_list("operation", flat=True))
     for run in MaintenanceRun.objects.filter(status=Status.INTERRUPTED).order_by("created_at"):
         if run.operation in busy:
@@ -72,21 +92,26 @@ def _requeue_interrupted(send: Callable[[MaintenanceRun], None], done: Sweep) ->
 
 def _resend_lost(send: Callable[[MaintenanceRun], None], now: datetime, done: Sweep) -> None:
     cutoff = now - timedelta(seconds=settings.MAINTENANCE_REQUEUE_AFTER_SECONDS)
-    lost = MaintenanceRun.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
-    for run in lost:
+    lost_runs = MaintenanceRun.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
+    lost_partitions = RunPartition.objects.filter(
+        status=Status.QUEUED, queued_at__lt=cutoff, run__status=Status.RUNNING
+    ).select_related("run")
+    for unit in [*lost_runs, *lost_partitions]:
         # Refresh queued_at first and only if it is unchanged: one sweeper re-sends it.
-        if MaintenanceRun.objects.filter(
-            pk=run.pk, status=Status.QUEUED, queued_at=run.queued_at
-        ).update(queued_at=now):
-            _send(send, run)
-            done.resent.append(run.pk)
+        if (
+            type(unit)
+            .objects.filter(pk=unit.pk, status=Status.QUEUED, queued_at=unit.queued_at)
+            .update(queued_at=now)
+        ):
+            _send(send, unit)
+            done.resent.append(getattr(unit, "run_id", unit.pk))
 
 
-def _send(send: Callable[[MaintenanceRun], None], run: MaintenanceRun) -> None:
+def _send(send: Callable[[LeasedWork], None], run: LeasedWork) -> None:
     try:
         operations.get(run.operation)
     except UnknownOperation:  # removed by a deploy: no worker can run it
-        MaintenanceRun.objects.filter(pk=run.pk).fail(
+        type(run).objects.filter(pk=run.pk).fail(
             f"the operation {run.operation!r} no longer exists; nothing more can be done"
         )
         return

@@ -2,9 +2,9 @@
 
 from maintenance.engine.runner import INLINE, execute
 from maintenance.engine.runs import create_run, cut_error, record_rejected, screen
-from maintenance.models import MaintenanceRun
+from maintenance.models import MaintenanceRun, RunPartition
 from maintenance.operations.base import ParameterError
-from maintenance.reporting import run_summary
+from maintenance.reporting import partition_summary, run_summary
 from maintenance.schedules import SCHEDULE_ERROR_KWARG, last_changed_by
 
 Trigger = MaintenanceRun.Trigger
@@ -49,14 +49,20 @@ def _refusal(kwargs, args) -> str | None:
     return None
 
 
-def run_from_task(operation_name, kwargs, *, task_id, headers, args=(), budget=INLINE, worker=""):
+def run_from_task(
+    operation_name, kwargs, *, task_id, headers, args=(), budget=INLINE, worker="", send=None
+):
     """Execute the run a task message stands for and return its summary.
 
-    A message carries either `run_id` (the CLI and the admin record the run first) or
-    the operation's parameters (beat). A redelivered message finds its run again by
-    run_id or task id, and the runner resumes it from its checkpoint. Input that cannot
-    be a run becomes a failed run that says why."""
+    A message carries either `run_id` (the CLI and the admin record the run first), with
+    `partition` for one partition of a partitioned run, or the operation's parameters
+    (beat). A redelivered message finds its run again by run_id or task id, and the
+    runner resumes it from its checkpoint. Input that cannot be a run becomes a failed
+    run that says why. A partitioned run is not run here: `send` sends its partitions,
+    each to be run by its own message."""
     kwargs = dict(kwargs)
+    if "partition" in kwargs and "run_id" in kwargs:
+        return _run_partition(operation_name, kwargs, task_id, budget, worker)
     origin = _origin(headers, task_id)
     problem = _refusal(kwargs, args)
     if problem is not None:
@@ -78,7 +84,29 @@ def run_from_task(operation_name, kwargs, *, task_id, headers, args=(), budget=I
             run = create_run(operation_name, kwargs, **origin)
         except (ParameterError, TypeError) as error:
             return run_summary(record_rejected(operation_name, kwargs, error, **origin))
+    if run.is_partitioned and send is not None:
+        if run.status == MaintenanceRun.Status.QUEUED:
+            send(run)  # one message per queued partition
+        return run_summary(run)
     return run_summary(execute(run, budget=budget, worker=worker))
+
+
+def _run_partition(operation_name, kwargs, task_id, budget, worker):
+    """One partition of a recorded run; the summary is the run's, with this partition's
+    own state under "partition" (its task fails when the partition failed)."""
+    run = _recorded_run(operation_name, kwargs["run_id"])
+    number = kwargs["partition"]
+    partition = None
+    if run is not None and isinstance(number, int) and not isinstance(number, bool):
+        partition = RunPartition.objects.filter(run=run, number=number).first()
+    if partition is None:
+        origin = {"trigger": Trigger.API, "celery_task_id": cut_error(task_id or "")[:255]}
+        rejected = record_rejected(operation_name, kwargs, "no such run partition", **origin)
+        return run_summary(rejected)
+    if not _stale(partition, task_id):
+        partition = execute(partition, budget=budget, worker=worker)
+    run.refresh_from_db()
+    return {**run_summary(run), "partition": partition_summary(partition)}
 
 
 def _stale(run, task_id) -> bool:

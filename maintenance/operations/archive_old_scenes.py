@@ -16,6 +16,7 @@ from maintenance.operations.registry import register
 @register
 class ArchiveOldScenes(Operation):
     name = "archive_old_scenes"
+    partitionable = True
     description = "Archive finished scenes with no activity for older_than_days days."
     parameters = (
         Parameter(

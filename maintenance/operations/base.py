@@ -4,7 +4,7 @@ and the admin, so a parameter is validated in exactly one place: Parameter.clean
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from maintenance.engine.iteration import (
     Batch,
@@ -139,9 +139,26 @@ BATCH_SIZE = Parameter(
     minimum=1,
     maximum=10000,
 )
-COMMON_PARAMETERS = (DRY_RUN, BATCH_SIZE)
+PARTITIONS = Parameter(
+    "partitions",
+    "int",
+    "Split the run into this many id ranges, each its own task on any worker (1..64).",
+    1,
+    minimum=1,
+    maximum=64,
+)
+COMMON_PARAMETERS = (DRY_RUN, BATCH_SIZE, PARTITIONS)
 # Where nothing chose a size (a batch run outside the runner, an export).
 DEFAULT_SIZE = 1000
+
+
+class Cleaned(NamedTuple):
+    """Validated parameters: the operation's own, and the options every run has."""
+
+    params: dict
+    dry_run: bool
+    batch_size: int | None
+    partitions: int
 
 
 class Operation:
@@ -153,12 +170,14 @@ class Operation:
     name = ""
     description = ""
     parameters: tuple = ()
+    # Whether its walk can be shared out over partitions (a walk over ids can; the
+    # lines of one file cannot).
+    partitionable = False
 
     def clean(self, raw):
         """Validate raw parameters (task kwargs, CLI options, admin JSON).
 
-        Returns (operation params, dry_run, batch_size), or raises ParameterError
-        naming every problem at once."""
+        Returns Cleaned, or raises ParameterError naming every problem at once."""
         if not isinstance(raw, dict):
             raise ParameterError(f"parameters must be a JSON object, not {raw!r}")
         declared = {p.name: p for p in (*self.parameters, *COMMON_PARAMETERS)}
@@ -169,11 +188,14 @@ class Operation:
                 cleaned[name] = parameter.clean(raw.get(name))
             except ParameterError as error:
                 problems.append(str(error))
+        if (cleaned.get("partitions") or 1) > 1 and not self.partitionable:
+            problems.append(f"{self.name} cannot be split: partitions must be 1")
         if problems:
             raise ParameterError("; ".join(problems))
         dry_run = cleaned.pop("dry_run")
         batch_size = cleaned.pop("batch_size")
-        return cleaned, dry_run, batch_size
+        partitions = cleaned.pop("partitions")
+        return Cleaned(cleaned, dry_run, batch_size, partitions)
 
     def prepare(self, params: dict, now) -> dict:
         """Values fixed for the whole run (JSON), e.g. a cutoff; a resumed run reuses
@@ -199,14 +221,23 @@ class Operation:
 
     # --- what the base class owns ---
 
+    def walk_of(self, ctx: RunContext) -> Enumerator:
+        """The walk, restricted to the partition's id ranges when ctx has them."""
+        walk = self.walk(ctx)
+        return walk if ctx.bounds is None else walk.bounded(ctx.bounds)
+
+    def key_ranges(self, ctx: RunContext) -> dict:
+        """The id range of each of its walks, for splitting a run into partitions."""
+        return self.walk(ctx).key_ranges()
+
     def count_remaining(self, ctx: RunContext, position: Any) -> int | None:
         """How many rows are still to be looked at after `position`, for progress."""
-        return self.walk(ctx).count_after(position)
+        return self.walk_of(ctx).count_after(position)
 
     def run_batch(self, ctx: RunContext, position: Any, size: int | None = None) -> BatchResult:
         """The next batch of `size` (default: the run's pinned size) after `position`,
         processed."""
-        batch = self.walk(ctx).batch_after(position, size or ctx.batch_size or DEFAULT_SIZE)
+        batch = self.walk_of(ctx).batch_after(position, size or ctx.batch_size or DEFAULT_SIZE)
         outcome = self.process(ctx, batch) if batch.items else Outcome()
         return BatchResult(
             processed=batch.processed,

@@ -15,6 +15,7 @@ XP_RULE = RULES["character_xp_mismatch"]
 @register
 class RecalculateXp(Operation):
     name = "recalculate_xp"
+    partitionable = True
     description = "Recompute every character's xp from its XP ledger."
     parameters = (CHRONICLE_ID,)
 

@@ -17,7 +17,15 @@ With fix, outside a dry run, one UPDATE that re-checks the rule writes every rep
 from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
-from maintenance.engine.iteration import Batch, ChainedWalk, FindingRecord, Outcome
+from maintenance.engine.iteration import (
+    Batch,
+    ChainedWalk,
+    FindingRecord,
+    Outcome,
+    Range,
+    id_range,
+    within,
+)
 from maintenance.operations.bulk import set_values
 
 # A sparse batch's time and memory go with its broken rows, not with the rows it covers:
@@ -39,15 +47,18 @@ class RuleWalk:
     """One rule's rows after an id; a batch's items are its broken rows.
 
     `counts` may be shared by the walks of one chain: rules over the same rows (three
-    look at every scene) then count them once for the run's progress."""
+    look at every scene) then count them once for the run's progress. `bounds` keeps a
+    partition's walk to its id range."""
 
-    def __init__(self, rule, chronicle_id, counts: dict | None = None):
+    def __init__(self, rule, chronicle_id, counts: dict | None = None, bounds: Range | None = None):
         self.rule = rule
         self.chronicle_id = chronicle_id
         self.counts = {} if counts is None else counts
+        self.bounds = bounds
 
     def _scope(self, after_id):
-        return self.rule.scope(self.chronicle_id).filter(id__gt=after_id or 0)
+        scope = within(self.rule.scope(self.chronicle_id), self.bounds)
+        return scope.filter(id__gt=after_id or 0)
 
     def batch_after(self, position, size):
         if self.rule.sparse:
@@ -58,7 +69,7 @@ class RuleWalk:
         rule, scope = self.rule, self._scope(position)
         size = min(size, MAX_BROKEN_PER_BATCH)
         broken = list(rule.broken(scope).order_by("id").values(*rule.values())[:size])
-        reach = (position or 0) + MAX_SPAN_PER_BATCH
+        reach = self._start(position) + MAX_SPAN_PER_BATCH
         if len(broken) == size and broken[-1]["id"] <= reach:
             last = broken[-1]["id"]  # a full batch
         elif _any_after(scope, reach):
@@ -76,7 +87,7 @@ class RuleWalk:
         if not bounds["rows"]:
             return Batch(items=[], processed=0, position=None, done=True)
         rows = scope.filter(id__lte=bounds["last"])
-        broken = rule.broken_rows_between(rows, position or 0, bounds["last"])
+        broken = rule.broken_rows_between(rows, self._start(position), bounds["last"])
         last = bounds["last"] if bounds["rows"] == size else None
         return Batch(items=broken, processed=bounds["rows"], position=last, done=last is None)
 
@@ -87,6 +98,17 @@ class RuleWalk:
         if key not in self.counts:
             self.counts[key] = scope.count()
         return self.counts[key]
+
+    def key_ranges(self):
+        return {"": id_range(self.rule.scope(self.chronicle_id))}
+
+    def bounded(self, bounds):
+        return RuleWalk(self.rule, self.chronicle_id, self.counts, bounds.get(""))
+
+    def _start(self, position) -> int:
+        """The id the walk is after: its position, or just below its range at first."""
+        lower = (self.bounds or (None, None))[0]
+        return max(position or 0, lower - 1 if lower is not None else 0)
 
 
 def _any_after(scope: QuerySet, after_id: int) -> bool:

@@ -11,6 +11,7 @@ from maintenance.operations.rules import RULES
 @register
 class ValidateDataIntegrity(Operation):
     name = "validate_data_integrity"
+    partitionable = True
     description = "Check the integrity rules; with --fix, repair what can be repaired."
     parameters = (
         Parameter(

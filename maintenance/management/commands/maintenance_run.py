@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 from maintenance import cli
 from maintenance.engine import control
 from maintenance.engine.states import Status
-from maintenance.reporting import run_progress_line, run_summary
+from maintenance.reporting import partition_lines, run_progress_line, run_summary
 
 
 class Command(cli.OneLineErrorsCommand):
@@ -53,6 +53,8 @@ class Command(cli.OneLineErrorsCommand):
             self.stdout.write(json.dumps(run_summary(run)))
         else:
             self.stdout.write(run_progress_line(run))
+            for line in partition_lines(run):
+                self.stdout.write(line)
         if options["action"] == "resume" and options.get("inline"):
             self._inline_outcome(run)
 

@@ -11,7 +11,7 @@ from maintenance.engine.enqueue import BrokerUnavailable, start
 from maintenance.engine.runner import execute
 from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun
-from maintenance.operations.base import BATCH_SIZE, DRY_RUN, ParameterError
+from maintenance.operations.base import COMMON_PARAMETERS, ParameterError
 from maintenance.reporting import (
     admin_findings_path,
     findings_by_rule,
@@ -65,7 +65,7 @@ class Command(cli.OneLineErrorsCommand):
     def _params(operation, options):
         """The raw parameters; a file path is made absolute here, where it was typed."""
         raw = {}
-        for parameter in (*operation.parameters, DRY_RUN, BATCH_SIZE):
+        for parameter in (*operation.parameters, *COMMON_PARAMETERS):
             value = options.get(parameter.name)
             if value is None:
                 continue
