@@ -55,9 +55,7 @@ def _ask_runs_to_give_back(sender=None, **kwargs):
     _shutting_down.set()
     try:
         asked = sum(
-            model.objects.filter(status__in=ACTIVE, worker=str(sender)).update(
-                stop_requested=True
-            )
+            model.objects.filter(status__in=ACTIVE, worker=str(sender)).update(stop_requested=True)
             for model in (MaintenanceRun, RunPartition)
         )
         logger.warning("worker %s shutting down: asked %d runs to stop", sender, asked)
