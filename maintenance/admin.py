@@ -12,8 +12,7 @@ from maintenance import schedule_admin  # noqa: F401  (registers the PeriodicTas
 from maintenance.admin_actions import may_start, start_from_admin
 from maintenance.engine import control
 from maintenance.engine.enqueue import BrokerUnavailable, send
-from maintenance.engine.states import TRANSITIONS
-from maintenance.models import Finding, Heartbeat, MaintenanceRun, RunBatch
+from maintenance.models import Finding, Heartbeat, MaintenanceRun, RunBatch, RunPartition
 from maintenance.reporting import (
     admin_findings_path,
     eta_s,
@@ -36,6 +35,40 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class RunPartitionInline(admin.TabularInline):
+    """A partitioned run's partitions on its page: range, state and progress."""
+
+    model = RunPartition
+    extra = 0
+    can_delete = False
+    show_change_link = False
+    fields = ["number", "ids", "status", "progress", "changed", "findings", "worker", "error"]
+    readonly_fields = fields
+    ordering = ["number"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="ids")
+    def ids(self, partition):
+        low = "start" if partition.lower_id is None else f"{partition.lower_id:,}"
+        high = "end" if partition.upper_id is None else f"{partition.upper_id:,}"
+        return f"{low} .. {high}"
+
+    @admin.display(description="progress")
+    def progress(self, partition):
+        text = f"{partition.processed:,}"
+        if partition.total:
+            share = min(100, 100 * partition.processed // partition.total)
+            text = f"{partition.processed:,} / {partition.total:,} ({share}%)"
+        if rate := rows_per_s(partition):
+            text += f", {rate:,.0f} rows/s"
+        return text
 
 
 @admin.register(MaintenanceRun)
@@ -65,6 +98,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "params",
         "dry_run",
         "batch_size_text",
+        "partitions",
         "celery_task_id",
         "created_at",
         "started_at",
@@ -85,6 +119,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "error",
     ]
     fields = readonly_fields
+    inlines = [RunPartitionInline]
     actions = ["rerun", "dry_run_again", "pause_runs", "resume_runs", "cancel_runs"]
 
     # --- pause, resume and cancel: buttons on the run page and list actions ---
@@ -128,6 +163,9 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         else:
             self.message_user(request, f"Run #{run.pk} is {run.status}.", messages.SUCCESS)
 
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None and obj.is_partitioned else []
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         wanted = str(object_id)
         known = wanted.isascii() and wanted.isdigit() and len(wanted) < 19
@@ -137,7 +175,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
             allowed = [
                 (action, label)
                 for action, label in CONTROL_LABELS.items()
-                if run.status in TRANSITIONS[action]
+                if control.allows(run, action)
             ]
         context = {**(extra_context or {}), "control_actions": allowed}
         return super().change_view(request, object_id, form_url, extra_context=context)
@@ -163,7 +201,12 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
 
     def _start_again(self, request, queryset, dry_run):
         for run in queryset.order_by("id"):
-            params = {**run.params, "batch_size": run.batch_size, "dry_run": dry_run}
+            params = {
+                **run.params,
+                "batch_size": run.batch_size,
+                "partitions": run.partitions,
+                "dry_run": dry_run,
+            }
             start_from_admin(self, request, run.operation, params)
 
     @admin.action(description="Re-run selected runs", permissions=["start"])

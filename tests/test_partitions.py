@@ -345,3 +345,34 @@ def test_partition_lines_name_each_range():
     assert len(lines) == 2
     assert lines[0].startswith("  partition 1 (ids start..")
     assert run_summary(run)["partitions"][1]["upper_id"] is None
+
+
+def test_the_admin_run_page_lists_the_partitions_and_offers_resume_of_a_failed_one(
+    admin_client, monkeypatch
+):
+    scenes(old=30, recent=0)
+    run = new_run(partitions=3, batch_size=5)
+    archive = operations.get("archive_old_scenes")
+    real = archive.process
+    second = run.partition_set.get(number=2)
+
+    def process(ctx, batch):
+        if ctx.bounds == second.bounds:
+            raise RuntimeError("disk on fire")
+        return real(ctx, batch)
+
+    monkeypatch.setattr(archive, "process", process)
+    run = execute(run)
+    assert run.status == Status.FAILED
+
+    page = admin_client.get(f"/admin/maintenance/maintenancerun/{run.pk}/change/")
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert "Run partitions" in text or "run partitions" in text.lower()
+    assert "disk on fire" in text
+    assert 'value="resume"' in text
+    assert 'value="pause"' not in text
+
+    single = execute(new_run())
+    page = admin_client.get(f"/admin/maintenance/maintenancerun/{single.pk}/change/")
+    assert "run partitions" not in page.content.decode().lower()  # no inline for one

@@ -86,6 +86,13 @@ def _resume_partitions(run: MaintenanceRun) -> MaintenanceRun:
     return run
 
 
+def allows(run: MaintenanceRun, action: str) -> bool:
+    """Whether `action` can move the run now (for showing only the buttons that work)."""
+    if action == "resume" and run.is_partitioned and run.status == Status.FAILED:
+        return True
+    return run.status in TRANSITIONS[action]
+
+
 def is_stale(run: MaintenanceRun) -> bool:
     """An active run whose heartbeat is older than its lease: its runner is gone."""
     return run.status in ACTIVE and is_dead(run)
