@@ -2,6 +2,7 @@
 following them (fan-in through the database). Runs on SQLite and PostgreSQL; the real
 workers are in tests/integration/test_partitioned_runs.py."""
 
+import contextlib
 import json
 from datetime import timedelta
 from io import StringIO
@@ -376,3 +377,46 @@ def test_the_admin_run_page_lists_the_partitions_and_offers_resume_of_a_failed_o
     single = execute(new_run())
     page = admin_client.get(f"/admin/maintenance/maintenancerun/{single.pk}/change/")
     assert "run partitions" not in page.content.decode().lower()  # no inline for one
+
+
+@settings(HYPOTHESIS, max_examples=15)
+@given(
+    old=st.integers(0, 60),
+    recent=st.integers(0, 10),
+    count=st.integers(1, 9),
+    batch=st.integers(1, 12),
+    stops=st.lists(st.integers(1, 6), max_size=3),
+    operator=st.sampled_from(["ctrl-c", "pause"]),
+)
+def test_any_split_and_any_interruptions_archive_each_scene_exactly_once(
+    old, recent, count, batch, stops, operator
+):
+    MaintenanceRun.objects.all().delete()
+    Scene.objects.all().delete()
+    eligible = scenes(old=old, recent=recent)
+    run = new_run(partitions=count, batch_size=batch)
+    for stop in stops:
+        if operator == "ctrl-c":
+            with contextlib.suppress(KeyboardInterrupt):
+                run = execute(run, on_batch=ctrl_c_after(stop))
+        else:
+
+            def pause_after(report, stop=stop, run_id=run.pk):
+                if report.number == stop:
+                    # Refused once the run has ended: a pause that comes too late.
+                    with contextlib.suppress(control.NotAllowed):
+                        control.pause(MaintenanceRun.objects.get(pk=run_id))
+
+            run = execute(run, on_batch=pause_after)
+        run = MaintenanceRun.objects.get(pk=run.pk)
+        if run.status == Status.PAUSED:
+            run = control.resume(run, send=None)
+    run = execute(MaintenanceRun.objects.get(pk=run.pk))
+
+    assert run.status == Status.SUCCEEDED, (run.status, run.error)
+    assert archived() == eligible
+    assert sorted(batch_ids(run)) == sorted(eligible)
+    assert run.batches == RunBatch.objects.filter(run=run).count()
+    if count > 1:
+        parts = list(run.partition_set.all())
+        assert run.processed == sum(p.processed for p in parts)
