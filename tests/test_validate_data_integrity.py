@@ -266,7 +266,7 @@ def test_the_chronicle_filter_keeps_to_one_chronicle(planted):
 
 def test_a_batch_costs_the_same_queries_whatever_its_size(planted):
     operation = operations.get("validate_data_integrity")
-    params, _, _ = operation.clean({"fix": True, "rules": ["character_trait_out_of_range"]})
+    params = operation.clean({"fix": True, "rules": ["character_trait_out_of_range"]}).params
     counts = []
     for batch_size in (5, 60):
         Character.objects.update(willpower=0)  # every row broken: the worst case
