@@ -17,7 +17,7 @@ from chronicles.models import Scene
 from chronicles.testdata.generator import Options, generate
 from maintenance import operations
 from maintenance.engine import control, partitions
-from maintenance.engine.runner import execute
+from maintenance.engine.runner import Budget, execute
 from maintenance.engine.runs import create_run
 from maintenance.engine.sweeper import sweep
 from maintenance.engine.triggers import run_from_task
@@ -420,3 +420,49 @@ def test_any_split_and_any_interruptions_archive_each_scene_exactly_once(
     if count > 1:
         parts = list(run.partition_set.all())
         assert run.processed == sum(p.processed for p in parts)
+
+
+def test_pause_and_resume_cycles_with_progress_never_give_the_run_up():
+    scenes(old=100, recent=0)
+    run = new_run(partitions=2, batch_size=2)
+    for _ in range(12):  # more than MAINTENANCE_MAX_ATTEMPTS
+        execute(run.partition_set.get(number=1), budget=Budget(slice_seconds=0))
+        run.refresh_from_db()
+        assert run.status == Status.RUNNING, run.error
+        control.pause(run)
+        run = control.resume(MaintenanceRun.objects.get(pk=run.pk), send=None)
+    assert run.status == Status.QUEUED and run.idle_attempts == 0
+
+
+def running(run):
+    MaintenanceRun.objects.filter(pk=run.pk).update(
+        status=Status.RUNNING, heartbeat_at=timezone.now()
+    )
+    RunPartition.objects.filter(run=run, number=1).update(
+        status=Status.RUNNING, heartbeat_at=timezone.now(), lease_token="x"
+    )
+
+
+def test_a_new_partitioned_trigger_is_skipped_like_any_while_another_run_holds_it():
+    scenes()
+    first = new_run(partitions=2, batch_size=5)
+    running(first)
+    second = new_run(partitions=2, batch_size=5)
+    execute(second.partition_set.get(number=1))
+    second.refresh_from_db()
+    assert second.status == Status.SKIPPED, second.error
+    assert second.skipped_because_of_id == first.pk
+    assert set(second.partition_set.values_list("status", flat=True)) == {Status.CANCELLED}
+
+
+def test_a_new_partitioned_trigger_yields_to_a_paused_run_like_any():
+    scenes()
+    paused = new_run(batch_size=5)
+    with pytest.raises(KeyboardInterrupt):
+        execute(paused, on_batch=ctrl_c_after(1))
+    assert MaintenanceRun.objects.get(pk=paused.pk).status == Status.PAUSED
+    second = new_run(partitions=2, batch_size=5)
+    execute(second.partition_set.get(number=1))
+    second.refresh_from_db()
+    assert second.status == Status.SKIPPED, second.error
+    assert f"run #{paused.pk}" in second.error

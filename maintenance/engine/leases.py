@@ -72,7 +72,7 @@ def claim(run: LeasedWork, worker: str = "") -> Claim:
     # One look at the operation's other runs: those holding it, and those under way.
     others = list(
         MaintenanceRun.objects.filter(
-            Q(status__in=ACTIVE) | Q(status__in=UNDER_WAY, checkpoint__isnull=False),
+            Q(status__in=ACTIVE) | Q(status__in=UNDER_WAY) & _STARTED,
             operation=run.operation,
         )
         .exclude(pk=run.pk)
@@ -160,9 +160,15 @@ def _given_up(run: LeasedWork) -> bool:
     return True
 
 
+# Started once: a run writes its checkpoint when it starts, a partitioned run at its
+# creation (its context and ranges), so for that one only a claim says it started.
+_STARTED = Q(checkpoint__isnull=False) & (Q(partitions=1) | Q(attempts__gt=0))
+
+
 def _was_requeued(run: MaintenanceRun) -> bool:
     """Resumed, re-queued after a slice, or sent again: not a fresh trigger."""
-    return bool(run.checkpoint) or run.queued_at > run.created_at + timedelta(seconds=1)
+    started = run.attempts > 0 if run.is_partitioned else bool(run.checkpoint)
+    return started or run.queued_at > run.created_at + timedelta(seconds=1)
 
 
 def _wait_or_skip(run: MaintenanceRun, holder: MaintenanceRun) -> None:

@@ -241,6 +241,7 @@ class _Runner:
             MaintenanceRun.objects.filter(pk=self.run_id).update(
                 **{field: F(field) + value for field, value in sums.items()},
                 heartbeat_at=timezone.now(),
+                idle_attempts=0,  # progress: the run's resumes are not idle ones
                 **values,
             )
 
