@@ -50,6 +50,7 @@ services:
 # PostgreSQL only; a few minutes at 100k scenes, about 15 at 1M. Results: benchmarks/results/.
 bench: setup services
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.scaling
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -1,10 +1,14 @@
 """Partitioned runs through real Celery workers: archive_old_scenes and
-validate_data_integrity with 1, 2 and 4 partitions on 1 and 2 worker processes, on
-fresh copies of the same data. Each measurement runs in a process of its own:
+validate_data_integrity at 1M scenes with 1, 2 and 4 partitions on 1 and 2 worker
+processes, each on a fresh copy of the same data, and the database's own write rate
+(the single UPDATE of the archive rule) as the ceiling. `make bench` runs it after
+benchmarks.run:
 
-    python -m benchmarks.scaling one OPERATION PARTITIONS PROCESSES
+    python -m benchmarks.scaling [--scale large] [--output benchmarks/results]
 
-prints one JSON object (DATABASE_URL names the copy, CELERY_BROKER_URL the broker).
+writes scaling.json and scaling.md and prints each target met or not met. Each
+measurement runs in a process of its own (`python -m benchmarks.scaling one OPERATION
+PARTITIONS PROCESSES`, DATABASE_URL naming the copy).
 """
 
 import json
@@ -143,8 +147,99 @@ def overhead(measured: list[dict]) -> float:
     return round(split["seconds"] / alone["seconds"] - 1, 3)
 
 
+OVERHEAD_TARGET = 0.10  # 4 partitions on one process: at most 10% slower than 1
+
+
+def targets(results: dict) -> list[dict]:
+    found = []
+    for operation, measured in results["operations"].items():
+        extra = overhead(measured)
+        found.append(
+            {
+                "name": f"{operation}: overhead of 4 partitions on one process at most 10%",
+                "met": extra <= OVERHEAD_TARGET,
+                "detail": f"{extra:+.1%} against one partition on one process",
+            }
+        )
+    return found
+
+
+def markdown(results: dict) -> str:
+    write = results["write_rate"]
+    lines = [
+        "# make bench: partitions",
+        "",
+        f"{results['date']}, {results['cpus']} CPUs (PostgreSQL on the same machine), "
+        f"{results['scenes']:,} scenes; the whole run took {results['wall_seconds']}s.",
+        "",
+        "| operation | partitions | worker processes | seconds | rows/s | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for operation, measured in results["operations"].items():
+        for m in speedups(measured):
+            lines.append(
+                f"| {operation} | {m['partitions']} | {m['processes']} | {m['seconds']} | "
+                f"{m['rows_per_s']:,} | {m['speedup']}x |"
+            )
+    lines += [
+        "",
+        f"The database's write rate, measured with the archive rule as one UPDATE: "
+        f"{write['rows_per_s']:,} rows/s ({write['changed']:,} rows in {write['seconds']}s).",
+        "",
+        "## Targets",
+        "",
+    ]
+    for target in results["targets"]:
+        lines.append(
+            f"- {'met' if target['met'] else '**not met**'}: {target['name']}: {target['detail']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import argparse
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from benchmarks.run import ROOT as ROOT_PATH
+    from benchmarks.run import Server, build_template, measure_on_copy, say
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="large")
+    parser.add_argument("--output", default=str(ROOT_PATH / "benchmarks" / "results"))
+    options = parser.parse_args()
+    server = Server(
+        os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    )
+    started = time.perf_counter()
+    say(f"== partitions at the {options.scale} scale: generating ==")
+    template, generated = build_template(server, options.scale)
+    try:
+        write = measure_on_copy(server, template, "sql", "archive_old_scenes")
+        write["rows_per_s"] = round(write["changed"] / write["seconds"])
+        operations = measure(server, template, say)
+    finally:
+        server.drop(template)
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "scenes": generated["table_rows"]["scenes"],
+        "write_rate": write,
+        "operations": {op: speedups(measured) for op, measured in operations.items()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    results["targets"] = targets(results)
+    output = Path(options.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output / "scaling.md").write_text(markdown(results))
+    for target in results["targets"]:
+        mark = "met" if target["met"] else "NOT MET"
+        say(f"[{mark:>7}] {target['name']}: {target['detail']}")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["one"]:
         print(json.dumps(one(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
     else:
-        sys.exit(__doc__)
+        main()
