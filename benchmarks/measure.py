@@ -73,11 +73,12 @@ def ours(operation):
     from maintenance.engine.runs import create_run
 
     run = create_run(operation, {}, trigger="cli", requested_by="bench")
-    ticks, sizes = [], []
+    ticks, sizes, reports = [], [], []
 
     def on_batch(report):
         ticks.append(time.perf_counter())
         sizes.append(getattr(report, "size", None) or report.processed)
+        reports.append(report)
 
     timer = SqlTimer()
     started_at = time.time()
@@ -91,6 +92,7 @@ def ours(operation):
     # 0.3 s over a million scenes), which is no batch transaction: it is reported apart.
     cycles = [(b - a) * 1000 for a, b in zip(ticks, ticks[1:], strict=False)]
     start_and_first = cycles[0] if cycles else None
+    slowest = _slowest(cycles[1:], reports[1:])
     cycles = cycles[1:] or cycles
     assert run.status == "succeeded", run.error
     return {
@@ -108,11 +110,28 @@ def ours(operation):
         "p99_batch_ms": round(percentile(cycles, 0.99), 1) if cycles else None,
         "cycles_ms": [round(cycle, 1) for cycle in cycles],
         "start_and_first_batch_ms": round(start_and_first, 1) if cycles else None,
+        "slowest_batches": slowest,
         "queries_per_batch": round(timer.queries / run.batches, 2) if run.batches else None,
         # where the time went: the engine's own tables, the game's, and Python
         "engine_sql_s": round(timer.engine_ms / 1000, 3),
         "data_sql_s": round(timer.data_ms / 1000, 3),
     }
+
+
+def _slowest(cycles, reports, count=3):
+    """The slowest batch cycles with what their batches did, to tell why."""
+    ranked = sorted(zip(cycles, reports, strict=True), key=lambda pair: -pair[0])[:count]
+    return [
+        {
+            "cycle_ms": round(cycle, 1),
+            "number": report.number,
+            "size": getattr(report, "size", None),
+            "processed": report.processed,
+            "findings": report.findings,
+            "batch_s": round(report.seconds, 3),  # the engine's own timing, before the commit
+        }
+        for cycle, report in ranked
+    ]
 
 
 def _spread(values):

@@ -145,7 +145,7 @@ def _latency_summary(latencies):
     }
 
 
-POOLED = ("app_ms", "cycles_ms")
+POOLED = ("app_ms", "cycles_ms", "slowest_batches")
 
 
 def combine(runs):
@@ -157,6 +157,9 @@ def combine(runs):
     combined["seconds"] = round(statistics.median(combined["seconds_all"]), 3)
     combined["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     combined["throttled_s"] = max((r.get("throttled_s") or 0) for r in runs)
+    slowest = [batch for r in runs for batch in r.get("slowest_batches", [])]
+    if slowest:
+        combined["slowest_batches"] = sorted(slowest, key=lambda b: -b["cycle_ms"])[:3]
     cycles = [ms for r in runs for ms in r.get("cycles_ms", [])]
     if cycles:
         combined["p99_batch_ms"] = percentile(cycles, 0.99)
