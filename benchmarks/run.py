@@ -88,8 +88,8 @@ def say(text):
     print(text, flush=True)
 
 
-def build_template(server, scale):
-    template = f"tgbench_{scale}"
+def build_template(server, scale, name=None):
+    template = name or f"tgbench_{scale}"
     server.fresh(template)
     url = server.url(template)
     in_process(["manage.py", "migrate", "--noinput", "-v0"], url)

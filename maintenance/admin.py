@@ -16,7 +16,7 @@ from maintenance.models import Finding, Heartbeat, MaintenanceRun, RunBatch, Run
 from maintenance.reporting import (
     admin_findings_path,
     eta_s,
-    rows_per_s,
+    progress_text,
     throttle_text,
     throttled_now,
 )
@@ -62,13 +62,7 @@ class RunPartitionInline(admin.TabularInline):
 
     @admin.display(description="progress")
     def progress(self, partition):
-        text = f"{partition.processed:,}"
-        if partition.total:
-            share = min(100, 100 * partition.processed // partition.total)
-            text = f"{partition.processed:,} / {partition.total:,} ({share}%)"
-        if rate := rows_per_s(partition):
-            text += f", {rate:,.0f} rows/s"
-        return text
+        return progress_text(partition)
 
 
 @admin.register(MaintenanceRun)
@@ -243,14 +237,8 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="progress")
     def progress(self, run):
-        text = f"{run.processed:,}"
-        if run.total:
-            share = min(100, 100 * run.processed // run.total)
-            text = f"{run.processed:,} / {run.total:,} ({share}%)"
-        rate, eta = rows_per_s(run), eta_s(run)
-        if rate:
-            text += f", {rate:,.0f} rows/s"
-        if eta is not None:
+        text = progress_text(run)
+        if (eta := eta_s(run)) is not None:
             text += f", ETA {eta:,.0f}s"
         if throttled_now(run):
             text += ", throttled now"

@@ -89,6 +89,17 @@ def eta_s(run) -> float | None:
     return round(max(run.total - run.processed, 0) / rate, 1)
 
 
+def progress_text(unit) -> str:
+    """'processed / total (share%), rate' of a run or a partition, for the admin."""
+    text = f"{unit.processed:,}"
+    if unit.total:
+        share = min(100, 100 * unit.processed // unit.total)
+        text = f"{unit.processed:,} / {unit.total:,} ({share}%)"
+    if rate := rows_per_s(unit):
+        text += f", {rate:,.0f} rows/s"
+    return text
+
+
 def throttled_now(run) -> bool:
     """Whether the run is backing off for the database's sake at this moment: active,
     and its last throttle recorded within the last couple of seconds."""

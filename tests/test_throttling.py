@@ -52,20 +52,6 @@ def unarchived():
     return Scene.objects.filter(archived_at__isnull=True).count()
 
 
-@pytest.fixture
-def fast_backoff(settings):
-    settings.MAINTENANCE_RETRY_BACKOFF = 0.05
-    health.forget()
-    yield settings
-    health.forget()
-
-
-@pytest.fixture
-def postgresql():
-    if connection.vendor != "postgresql":
-        pytest.skip("lock and statement timeouts and health signals are PostgreSQL's")
-
-
 @contextmanager
 def session():
     """Another real connection to the test database, in autocommit."""

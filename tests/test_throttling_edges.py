@@ -14,27 +14,13 @@ from django.db import OperationalError, connection
 
 from chronicles.models import Scene
 from maintenance import operations
-from maintenance.engine import control, health
+from maintenance.engine import control
 from maintenance.engine.runner import Budget, execute
 from maintenance.models import MaintenanceRun, RunBatch
 from tests.test_throttling import archive_run, old_scenes, session, unarchived
 
 pytestmark = pytest.mark.django_db
 Status = MaintenanceRun.Status
-
-
-@pytest.fixture
-def fast_backoff(settings):
-    settings.MAINTENANCE_RETRY_BACKOFF = 0.05
-    health.forget()
-    yield settings
-    health.forget()
-
-
-@pytest.fixture
-def postgresql():
-    if connection.vendor != "postgresql":
-        pytest.skip("lock and statement timeouts are PostgreSQL's")
 
 
 def in_thread(action):
