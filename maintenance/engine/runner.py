@@ -166,10 +166,12 @@ def _execute(run, on_batch, budget, worker) -> LeasedWork:
         runner.stop("interrupted by the time limit")
     except Exception as error:  # the run records it; the caller reads run.error
         logger.exception("run #%s failed", run.pk)
-        runner.fail(
-            f"{oneline.describe(error)} (data is as of batch {runner.committed}; "
-            "the next trigger with the same parameters resumes from there)"
+        then = (
+            "resuming the run retries this partition from there"
+            if isinstance(run, RunPartition)
+            else "the next trigger with the same parameters resumes from there"
         )
+        runner.fail(f"{oneline.describe(error)} (data is as of batch {runner.committed}; {then})")
     if ctrl_c:
         with sigint_held():  # a second Ctrl-C must not leave the run active
             # The interrupted statement's half-read cursors (SQLite: its lock) live as
