@@ -20,6 +20,7 @@ from django.db import DatabaseError, connection
 from tqdm import tqdm
 
 from maintenance.engine.interrupts import (
+    caused_by_interrupt,
     reset_interrupted_connection,
     sigint_deferred,
     sigint_held,
@@ -233,6 +234,9 @@ class OneLineErrorsCommand(BaseCommand):
             with console_logs(options.get("verbosity", 1)):
                 return super().execute(*args, **options)
         except CommandError as failure:
+            if caused_by_interrupt(failure.__context__):
+                # A database error that a Ctrl-C caused, turned into a one-line error.
+                raise KeyboardInterrupt from None
             # Whoever raised it, what it quotes stays on one line (escaping is idempotent).
             raise CommandError(
                 escape(str(failure).strip()), returncode=failure.returncode
@@ -255,12 +259,15 @@ class OneLineErrorsCommand(BaseCommand):
             _silence_stdout()
             stop = (EXIT_BROKEN_PIPE, "output closed by its reader", False)
         except Exception as failure:  # CommandError never gets here: Django handles it
-            with console_logs(self.verbosity):
-                logger.error("%s failed", argv[1:2], exc_info=True)
-            if self.show_traceback:
-                with contextlib.suppress(Exception):
-                    traceback.print_exc()
-            stop = (self.failure_exit_code, f"error: {describe(failure)}", True)
+            if caused_by_interrupt(failure):  # Django's cleanup of a cut transaction
+                stop = (EXIT_INTERRUPTED, "interrupted", True)
+            else:
+                with console_logs(self.verbosity):
+                    logger.error("%s failed", argv[1:2], exc_info=True)
+                if self.show_traceback:
+                    with contextlib.suppress(Exception):
+                        traceback.print_exc()
+                stop = (self.failure_exit_code, f"error: {describe(failure)}", True)
         else:
             _done_with_ctrl_c()
             return

@@ -5,7 +5,7 @@ import contextlib
 import signal
 import threading
 
-from django.db import connection
+from django.db import connection, transaction
 
 
 @contextlib.contextmanager
@@ -34,8 +34,38 @@ def sigint_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+        if caught:  # the operator's Ctrl-C wins over whatever else the block raised
+            raise KeyboardInterrupt
+
+
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether `error` was raised while a Ctrl-C was being handled: Django's cleanup of a
+    transaction cut by one (atomic's set_autocommit on a connection still busy with the
+    COMMIT) raises a database error that hides the KeyboardInterrupt behind it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def atomic_whole_commit():
+    """transaction.atomic(), except that a Ctrl-C during its COMMIT or ROLLBACK waits
+    until that is done and is raised after it: the caller then knows whether the block
+    committed (a KeyboardInterrupt from inside the block still rolls it back)."""
+    block = transaction.atomic()
+    block.__enter__()
+    try:
+        yield
+    except BaseException as error:
+        with sigint_deferred():
+            block.__exit__(type(error), error, error.__traceback__)  # rolls back
+        raise
+    with sigint_deferred():
+        block.__exit__(None, None, None)
 
 
 def reset_interrupted_connection() -> None:

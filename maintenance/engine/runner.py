@@ -25,14 +25,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
 from maintenance import oneline, operations
 from maintenance.engine import health, leases, partitions, timeouts
 from maintenance.engine.batch_size import BatchSizer
-from maintenance.engine.interrupts import reset_interrupted_connection, sigint_held
+from maintenance.engine.interrupts import (
+    atomic_whole_commit,
+    caused_by_interrupt,
+    reset_interrupted_connection,
+    sigint_held,
+)
 from maintenance.engine.iteration import BatchResult, RunContext
 from maintenance.engine.states import ACTIVE, Status
 from maintenance.models import Finding, LeasedWork, MaintenanceRun, RunBatch, RunPartition
@@ -165,13 +170,10 @@ def _execute(run, on_batch, budget, worker) -> LeasedWork:
         # The transaction of the batch under way rolled back: stop as of the last one.
         runner.stop("interrupted by the time limit")
     except Exception as error:  # the run records it; the caller reads run.error
-        logger.exception("run #%s failed", run.pk)
-        then = (
-            "resuming the run retries this partition from there"
-            if isinstance(run, RunPartition)
-            else "the next trigger with the same parameters resumes from there"
-        )
-        runner.fail(f"{oneline.describe(error)} (data is as of batch {runner.committed}; {then})")
+        # A Ctrl-C in Django's transaction cleanup surfaces as a database error.
+        ctrl_c = caused_by_interrupt(error)
+        if not ctrl_c:
+            _fail(runner, run, error)
     if ctrl_c:
         with sigint_held():  # a second Ctrl-C must not leave the run active
             # The interrupted statement's half-read cursors (SQLite: its lock) live as
@@ -179,12 +181,25 @@ def _execute(run, on_batch, budget, worker) -> LeasedWork:
             gc.collect()
             reset_interrupted_connection()
             runner.pause_now()
-        raise KeyboardInterrupt
+            run.refresh_from_db()
+        if run.status != Status.SUCCEEDED:  # its last batch may have committed first
+            raise KeyboardInterrupt
+        return run
     run.refresh_from_db()
     if run.status == Status.INTERRUPTED and budget.requeue is not None:
         budget.requeue(run)
         run.refresh_from_db()
     return run
+
+
+def _fail(runner: _Runner, run: LeasedWork, error: Exception) -> None:
+    logger.exception("run #%s failed", run.pk)
+    then = (
+        "resuming the run retries this partition from there"
+        if isinstance(run, RunPartition)
+        else "the next trigger with the same parameters resumes from there"
+    )
+    runner.fail(f"{oneline.describe(error)} (data is as of batch {runner.committed}; {then})")
 
 
 def _walk_of(position) -> str:
@@ -484,7 +499,8 @@ class _Runner:
     def _try_batch(self, number: int, checkpoint: dict, size: int):
         run = self.run_record
         started = time.perf_counter()
-        with transaction.atomic():
+        # A Ctrl-C during the COMMIT waits for it: the batch is then whole, either way.
+        with atomic_whole_commit():
             timeouts.limit_this_transaction()
             result = self.operation.run_batch(self.context, checkpoint["position"], size)
             new_checkpoint = {
