@@ -85,6 +85,12 @@ class MaintenanceRun(LeasedWork):
     partitions = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
+    # Findings over time, against the previous complete run that checked the same rules
+    # (engine/findings_over_time.py); empty for runs that check no rules or did not finish.
+    findings_new = models.PositiveBigIntegerField(null=True, blank=True)
+    findings_resolved = models.PositiveBigIntegerField(null=True, blank=True)
+    findings_open = models.PositiveBigIntegerField(null=True, blank=True)
+
     resumed_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_by"
     )
@@ -176,6 +182,10 @@ class RunBatch(models.Model):
     changed = models.PositiveIntegerField()
     findings = models.PositiveIntegerField()
     changed_ids = models.JSONField(default=list)
+    # What every row of changed_ids was given, and had before, when a batch writes the
+    # same values to all its rows (archiving): {"model", "before", "after"}. A revert
+    # restores `before` where a row still holds `after`.
+    written = models.JSONField(null=True, blank=True)
     seconds = models.FloatField()
     # The rows the batch asked for (adaptive runs change it batch by batch).
     size = models.PositiveIntegerField(null=True, blank=True)
@@ -203,14 +213,28 @@ class Finding(models.Model):
     fixed = models.BooleanField(default=False)
     before = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
     after = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    # Bookkeeping columns a fix also wrote (a character's updated_at), as
+    # {"before": {...}, "after": {...}}: a revert restores them with the rest.
+    also_written = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The same problem in every run that finds it: rule, model and object id.
+    fingerprint = models.CharField(max_length=200, blank=True)
+    # When a run first found it open, counting each complete run since that still did.
+    first_seen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "id"]
-        indexes = [models.Index(fields=["run", "rule"], name="finding_run_rule_idx")]
+        indexes = [
+            models.Index(fields=["run", "rule"], name="finding_run_rule_idx"),
+            models.Index(fields=["run", "fingerprint"], name="finding_run_fingerprint_idx"),
+        ]
 
     def __str__(self):
         return f"{self.rule}: {self.model} {self.object_id}"
+
+    @staticmethod
+    def fingerprint_of(rule: str, model: str, object_id: int) -> str:
+        return f"{rule}:{model}:{object_id}"
 
 
 class ScheduleChange(models.Model):

@@ -22,6 +22,7 @@ from django_celery_beat.models import PeriodicTask
 
 from chronicles.models import Character, Chronicle, Scene
 from maintenance import heartbeat, operations
+from maintenance.engine.findings_over_time import resume_chain
 from maintenance.engine.states import ACTIVE
 from maintenance.models import Finding, MaintenanceRun
 from maintenance.reporting import throttle_text, throttled_now
@@ -244,23 +245,6 @@ def data_counts(since, now):
     return characters, chronicles, scenes
 
 
-MAX_CHAIN = 1000  # a resume chain longer than this is bad data, not history
-
-
-def resume_chain(run: MaintenanceRun) -> list[int]:
-    """The ids of `run` and the failed runs it resumed from, newest first. A resumed run
-    continues from its source's checkpoint, so the source's findings are part of it."""
-    ids, current = [], run.pk
-    while current is not None and current not in ids and len(ids) < MAX_CHAIN:
-        ids.append(current)
-        current = (
-            MaintenanceRun.objects.filter(pk=current)
-            .values_list("resumed_from_id", flat=True)
-            .first()
-        )
-    return ids
-
-
 def open_findings():
     """Unfixed findings of the latest completed validation (what is wrong right now),
     counting the whole resume chain: the findings the failed attempts recorded before
@@ -293,6 +277,23 @@ def open_findings():
     }
 
 
+def new_findings(since) -> tuple[dict, Check]:
+    """Findings that appeared (and were resolved) in the period, by the runs that
+    finished in it comparing themselves with the run before (findings_over_time)."""
+    runs = MaintenanceRun.objects.filter(
+        status=Status.SUCCEEDED, finished_at__gte=since, findings_new__isnull=False
+    )
+    sums = runs.aggregate(new=Sum("findings_new"), resolved=Sum("findings_resolved"))
+    new, resolved = sums["new"] or 0, sums["resolved"] or 0
+    limit = settings.MAINTENANCE_NEW_FINDINGS_WARNING
+    detail = f"{new:,} new and {resolved:,} resolved findings in the period"
+    if new > limit:
+        check = Check("new_findings", WARNING, f"{detail}: more than {limit:,}")
+    else:
+        check = Check("new_findings", OK, detail)
+    return {"new_in_period": new, "resolved_in_period": resolved}, check
+
+
 def collect(period_hours, now=None):
     now = now or timezone.now()
     since = now - timedelta(hours=period_hours)
@@ -304,6 +305,9 @@ def collect(period_hours, now=None):
     checks.append(beat_check)
     characters, chronicles, scenes = data_counts(since, now)
     findings = open_findings()
+    trend, trend_check = new_findings(since)
+    findings |= trend
+    checks.append(trend_check)
     return {
         "timestamp": _iso(now),
         "period_hours": period_hours,

@@ -37,7 +37,22 @@ def run_summary(run):
         "throttled_now": throttled_now(run),
         "attempts": run.attempts,
         "partitions": [partition_summary(p) for p in partitions_of(run)],
+        # findings over time (DESIGN.md "Findings over time, revert and apply")
+        "findings_new": run.findings_new,
+        "findings_resolved": run.findings_resolved,
+        "findings_open": run.findings_open,
     }
+
+
+def trend_text(run) -> str:
+    """'3 new, 5 resolved since the run before, 12 open', or '' for a run that checks no
+    rules (or has not succeeded)."""
+    if run.findings_new is None:
+        return ""
+    return (
+        f"{run.findings_new:,} new, {run.findings_resolved:,} resolved since the run before, "
+        f"{run.findings_open or 0:,} open"
+    )
 
 
 def partitions_of(run) -> list:
@@ -185,7 +200,8 @@ def outcome_line(run):
         return f"{label} failed{duration}: {run.error} ({counts})"
     resumed = f" (resumed from run #{run.resumed_from_id})" if run.resumed_from_id else ""
     throttled = f"; {throttle_text(run)}" if run.throttled_s else ""
-    return f"{label} {run.status}{duration}: {counts}{resumed}{throttled}"
+    trend = f"; findings: {trend_text(run)}" if trend_text(run) else ""
+    return f"{label} {run.status}{duration}: {counts}{resumed}{throttled}{trend}"
 
 
 def findings_by_rule(run, sample=5):

@@ -275,4 +275,5 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(planted):
         assert result.changed == batch_size
         counts.append(len(queries))
 
-    assert counts[0] == counts[1] == 3  # the batch's ids, the broken rows, one UPDATE
+    # the batch's ids, the broken rows, the repaired rows locked and read, one UPDATE
+    assert counts[0] == counts[1] == 4

@@ -217,3 +217,5 @@ MAINTENANCE_MAX_REPLICATION_LAG_S = env.number("MAINTENANCE_MAX_REPLICATION_LAG_
 MAINTENANCE_MAX_LOCK_WAITERS = env.integer("MAINTENANCE_MAX_LOCK_WAITERS", 10, 0, 100_000)
 # Without --batch-size, the batch size adapts so that a batch takes about this long.
 MAINTENANCE_TARGET_BATCH_MS = env.integer("MAINTENANCE_TARGET_BATCH_MS", 250, 10, 600_000)
+# monitor_validation warns when more findings than this appeared in its period.
+MAINTENANCE_NEW_FINDINGS_WARNING = env.integer("MAINTENANCE_NEW_FINDINGS_WARNING", 100, 0, 10**12)

@@ -55,6 +55,7 @@ class FindingRecord:
     fixed: bool = False
     before: dict | None = None
     after: dict | None = None
+    also_written: dict | None = None  # {"before": ..., "after": ...} of bookkeeping columns
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Outcome:
     changed: int = 0
     changed_ids: list = field(default_factory=list)
     findings: list[FindingRecord] = field(default_factory=list)
+    # The values every changed row was given (and had), where they are the same for all
+    # of them: {"model": label, "before": {...}, "after": {...}}; a revert reads them.
+    written: dict | None = None
 
 
 @dataclass
@@ -74,6 +78,7 @@ class BatchResult:
     done: bool
     changed_ids: list = field(default_factory=list)
     findings: list[FindingRecord] = field(default_factory=list)
+    written: dict | None = None
 
 
 class Enumerator(Protocol):

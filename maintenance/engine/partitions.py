@@ -16,6 +16,7 @@ from collections import Counter
 from django.db import transaction
 from django.utils import timezone
 
+from maintenance.engine import findings_over_time
 from maintenance.engine.iteration import WHOLE, Range
 from maintenance.engine.states import ACTIVE, FINISHED, Status
 from maintenance.models import MaintenanceRun, RunPartition
@@ -101,7 +102,8 @@ def _settle(run: MaintenanceRun) -> None:
     failed = list(partitions.filter(status=Status.FAILED).values_list("number", "error"))
     note = _note(failed)
     if statuses[Status.SUCCEEDED] == sum(statuses.values()):
-        runs.transition("succeed", heartbeat_at=timezone.now(), error="")
+        if runs.transition("succeed", heartbeat_at=timezone.now(), error=""):
+            findings_over_time.summarise(run.pk)
     elif failed and run.status == Status.RUNNING:
         runs.fail(note)
     else:

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from maintenance import oneline, operations
-from maintenance.engine import health, leases, partitions, timeouts
+from maintenance.engine import findings_over_time, health, leases, partitions, timeouts
 from maintenance.engine.batch_size import BatchSizer
 from maintenance.engine.interrupts import (
     atomic_whole_commit,
@@ -309,7 +309,18 @@ class _Runner:
                 self.stop("")
                 return
         if not self.succeeded:  # e.g. a checkpoint that was already done
-            with_retries(lambda: self._mine().succeed(self.token))
+            with_retries(self._succeed_alone)
+
+    def _succeed(self) -> None:
+        """The success, with what it says about findings over time (a partitioned
+        run's comes when its last partition settles it)."""
+        self.succeeded = bool(self._mine().succeed(self.token))
+        if self.succeeded and isinstance(self.run_record, MaintenanceRun):
+            findings_over_time.summarise(self.run_id)
+
+    def _succeed_alone(self) -> None:
+        with transaction.atomic():
+            self._succeed()
 
     def _last_size(self) -> int | None:
         """The size the run's last batch used, so a resumed run goes on at its pace."""
@@ -522,6 +533,7 @@ class _Runner:
                     changed=result.changed,
                     findings=len(result.findings),
                     changed_ids=result.changed_ids,
+                    written=result.written,
                     seconds=seconds,
                     size=size,
                     committed_at=now,
@@ -557,7 +569,7 @@ class _Runner:
             )
             if result.done:
                 # The last batch and the run's success commit together: one commit less.
-                self.succeeded = bool(self._mine().succeed(self.token))
+                self._succeed()
         report = BatchReport.of(run, logged) if logged else None
         return new_checkpoint, report, keep_going
 
@@ -575,7 +587,11 @@ class _Runner:
                     fixed=f.fixed,
                     before=f.before,
                     after=f.after,
+                    also_written=f.also_written,
                     created_at=now,
+                    fingerprint=Finding.fingerprint_of(f.rule, f.model, f.object_id),
+                    # Until the run ends and finds it in the run before (findings_over_time).
+                    first_seen_at=now,
                 )
                 for f in result.findings
             ]

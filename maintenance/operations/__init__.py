@@ -8,6 +8,9 @@ from maintenance.operations import (  # noqa: F401
     recalculate_xp,
     validate_data_integrity,
 )
+
+# Runs that work on what other runs recorded (after those they refer to).
+from maintenance.operations import apply_run, revert_run  # noqa: F401, E402  # isort: skip
 from maintenance.operations.registry import all_operations, get
 
 __all__ = ["all_operations", "get"]

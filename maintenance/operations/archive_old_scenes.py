@@ -69,18 +69,24 @@ class ArchiveOldScenes(Operation):
         ids = batch.items
         if ctx.dry_run:
             changed_ids = self.would_archive(ctx.params, ctx.prepared, ids)
-        else:
-            changed_ids = self.archive(ctx.params, ctx.prepared, ids)
-        return Outcome(changed=len(changed_ids), changed_ids=changed_ids)
-
-    def archive(self, params, context, ids):
-        """Archive those of `ids` the rule still applies to; return the ids archived."""
+            return Outcome(changed=len(changed_ids), changed_ids=changed_ids)
         stamp = timezone.now()
-        self.eligible(params, context).filter(_the_batch(ids)).update(archived_at=stamp)
+        changed_ids = self.archive(ctx.params, ctx.prepared, ids, stamp)
+        return Outcome(
+            changed=len(changed_ids), changed_ids=changed_ids, written=archived_with(stamp)
+        )
+
+    def archive(self, params, context, ids, stamp=None, exactly=False):
+        """Archive those of `ids` the rule still applies to; return the ids archived.
+        The batch's id range is taken unless `exactly` (only these ids: a reviewed
+        plan)."""
+        stamp = stamp or timezone.now()
+        rows = Q(id__in=ids) if exactly else _the_batch(ids)
+        self.eligible(params, context).filter(rows).update(archived_at=stamp)
         # Read back what was archived: the re-check may have left some out, and a scene
         # that became a candidate since the selection may have come in.
         return list(
-            Scene.objects.filter(_the_batch(ids), archived_at=stamp)
+            Scene.objects.filter(rows, archived_at=stamp)
             .order_by("id")
             .values_list("id", flat=True)
         )
@@ -92,6 +98,15 @@ class ArchiveOldScenes(Operation):
             .order_by("id")
             .values_list("id", flat=True)
         )
+
+
+def archived_with(stamp) -> dict:
+    """What an archiving batch wrote to each of its scenes (RunBatch.written)."""
+    return {
+        "model": Scene._meta.label,
+        "before": {"archived_at": None},
+        "after": {"archived_at": stamp.isoformat()},
+    }
 
 
 # Candidates are a third of the scenes or more while there is work; a batch whose ids

@@ -53,7 +53,7 @@ class Parameter:
     choices: tuple = ()
     exists: Any = None  # a callable(value) -> bool, for ids that must name a row
     required: bool = False
-    check: Any = None  # a callable(value) raising ParameterError, for "text" values
+    check: Any = None  # a callable(value) raising ParameterError ("text" and "int")
 
     @property
     def flag(self):
@@ -111,6 +111,8 @@ class Parameter:
             raise ParameterError(f"{self.name} must be at most {self.maximum}, not {value}")
         if self.exists is not None and not self.exists(value):
             raise ParameterError(f"{self.name} {value} does not exist")
+        if self.check is not None:
+            self.check(value)
         return value
 
     def _clean_list(self, value):
@@ -173,6 +175,14 @@ class Operation:
     # Whether its walk can be shared out over partitions (a walk over ids can; the
     # lines of one file cannot).
     partitionable = False
+    # Whether `maintenance_run revert` can undo its runs from what they recorded (each
+    # fixed finding's before and after, each batch's written values).
+    revertable = True
+
+    def rules_checked(self, params: dict) -> list[str]:
+        """The integrity rules a run with `params` checks over its whole scope: its open
+        findings are compared with those of the previous run that checked them."""
+        return []
 
     def clean(self, raw):
         """Validate raw parameters (task kwargs, CLI options, admin JSON).
@@ -246,4 +256,5 @@ class Operation:
             done=batch.done,
             changed_ids=outcome.changed_ids,
             findings=outcome.findings,
+            written=outcome.written,
         )

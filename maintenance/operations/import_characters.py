@@ -64,6 +64,8 @@ def _same_file(path, recorded: dict, content: bool) -> bool:
 @register
 class ImportCharacters(Operation):
     name = "import_characters"
+    # It creates and updates characters and ledgers from a file: undo it by hand.
+    revertable = False
     description = "Import characters and their XP ledgers from a JSON Lines file."
     parameters = (
         Parameter(

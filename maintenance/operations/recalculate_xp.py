@@ -19,6 +19,9 @@ class RecalculateXp(Operation):
     description = "Recompute every character's xp from its XP ledger."
     parameters = (CHRONICLE_ID,)
 
+    def rules_checked(self, params):
+        return [XP_RULE.code]
+
     def walk(self, ctx):
         return RuleWalk(XP_RULE, ctx.params["chronicle_id"])
 

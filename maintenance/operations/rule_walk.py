@@ -26,6 +26,7 @@ from maintenance.engine.iteration import (
     id_range,
     within,
 )
+from maintenance.operations import changes
 from maintenance.operations.bulk import set_values
 
 # A sparse batch's time and memory go with its broken rows, not with the rows it covers:
@@ -126,14 +127,18 @@ def rules_walk(rules, chronicle_id):
 
 def check_rows(rule, rows, *, chronicle_id, fix, dry_run):
     """Findings for `rule`'s broken `rows`, and with fix the repairs, written in one
-    UPDATE that re-checks the rule (outside a dry run)."""
+    UPDATE that re-checks the rule (outside a dry run). A fixed finding records every
+    value the fix wrote, as it was and as it became, so that a revert can put it back."""
     plans = {row["id"]: rule.plan(row) for row in rows}
     repairs = {pk: plan.after for pk, plan in plans.items() if fix and plan.after}
+    also_written = {}
     if repairs and not dry_run:
-        scope = rule.scope(chronicle_id)
-        written = set_values(rule.recheck(scope), repairs, **rule.written_too(timezone.now()))
-    else:
-        written = len(repairs)
+        also = rule.written_too(timezone.now())
+        repairs, held = _unchanged_since_checked(rule, repairs, plans, also)
+        if set_values(rule.recheck(rule.scope(chronicle_id)), repairs, **also) < len(repairs):
+            repairs = _holding(rule, repairs)  # the re-check left some out
+        if also:
+            also_written = {pk: {"before": held[pk], "after": _as_json(also)} for pk in repairs}
     findings = [
         FindingRecord(
             rule=rule.code,
@@ -142,8 +147,36 @@ def check_rows(rule, rows, *, chronicle_id, fix, dry_run):
             message=plan.message,
             fixed=pk in repairs and not dry_run,
             before=plan.before,
-            after=_as_json(plan.after) if plan.after and pk in repairs else None,
+            after=_as_json(repairs[pk]) if pk in repairs else None,
+            also_written=also_written.get(pk),
         )
         for pk, plan in plans.items()
     ]
-    return Outcome(changed=written, changed_ids=sorted(repairs), findings=findings)
+    return Outcome(changed=len(repairs), changed_ids=sorted(repairs), findings=findings)
+
+
+def _unchanged_since_checked(rule, repairs, plans, also) -> tuple[dict, dict]:
+    """The repairs whose rows, locked now, still hold what the rule's check read (a row
+    the application changed in between is left for the next run, so that a fix's
+    `before` is exactly what it replaced), and what each held of the columns in `also`."""
+    model = rule.model
+    fields = sorted({field for pk in repairs for field in plans[pk].before} | set(also))
+    rows = changes.locked_rows(model, repairs, fields)
+    kept, held = {}, {}
+    for pk, after in repairs.items():
+        row = rows.get(pk)
+        if row is not None and changes.same(model, plans[pk].before, row):
+            kept[pk] = after
+            held[pk] = {field: changes.as_json(row[field]) for field in also}
+    return kept, held
+
+
+def _holding(rule, repairs) -> dict:
+    """The repairs whose rows hold their new values after the UPDATE."""
+    fields = sorted({field for values in repairs.values() for field in values})
+    rows = changes.locked_rows(rule.model, repairs, fields)
+    return {
+        pk: values
+        for pk, values in repairs.items()
+        if pk in rows and changes.same(rule.model, _as_json(values), rows[pk])
+    }

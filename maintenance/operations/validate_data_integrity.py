@@ -30,6 +30,9 @@ class ValidateDataIntegrity(Operation):
         CHRONICLE_ID,
     )
 
+    def rules_checked(self, params):
+        return list(params["rules"])
+
     def walk(self, ctx):
         # In the run's own order (its params, sorted when validated), not the code's: a
         # deploy that adds or reorders rules cannot move a resumed run's position.

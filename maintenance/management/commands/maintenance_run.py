@@ -1,4 +1,5 @@
-"""manage.py maintenance_run list|show|pause|resume|cancel: look at runs and control them."""
+"""manage.py maintenance_run list|show|pause|resume|cancel|revert|apply: look at runs,
+control them, undo one, or apply a reviewed dry run."""
 
 import argparse
 import json
@@ -40,9 +41,21 @@ class Command(cli.OneLineErrorsCommand):
                     "--inline", action="store_true", help="Run the rest in this process."
                 )
 
+        for name, operation, text in (
+            ("revert", "revert_run", "Undo what a finished run changed (a run of its own)."),
+            ("apply", "apply_run", "Apply exactly what a finished dry run planned."),
+        ):
+            action = actions.add_parser(name, help=text, description=text)
+            action.add_argument("run_id", metavar="RUN_ID")
+            action.set_defaults(operation=operation)
+            cli.add_run_options(action)
+
     def handle(self, *args, **options):
         if options["action"] == "list":
             self._list(options)
+            return
+        if options["action"] in ("revert", "apply"):
+            self._launch(options)
             return
         try:
             run = control.find(options["run_id"])
@@ -57,6 +70,15 @@ class Command(cli.OneLineErrorsCommand):
                 self.stdout.write(line)
         if options["action"] == "resume" and options.get("inline"):
             self._inline_outcome(run)
+
+    def _launch(self, options):
+        """revert and apply are runs like any: run_maintenance starts and reports them,
+        and this command settles them if it stops early."""
+        from maintenance.management.commands.run_maintenance import Command as RunMaintenance
+
+        launcher = RunMaintenance(stdout=self.stdout._out, stderr=self.stderr._out)
+        launcher.style, launcher.own_runs = self.style, self.own_runs
+        launcher.handle(**options)
 
     @staticmethod
     def _inline_outcome(run):

@@ -119,3 +119,9 @@ class Command(OneLineErrorsCommand):
             self.stdout.write(
                 f"Findings: {f['open']:,} open after run #{f['run_id']} (runs {runs})"
             )
+            for rule, count in f["by_rule"].items():
+                self.stdout.write(f"  {rule:<32}{count:>8,}")
+        self.stdout.write(
+            f"New findings in the period: {f['new_in_period']:,} "
+            f"({f['resolved_in_period']:,} resolved)"
+        )
