@@ -155,6 +155,8 @@ def run_progress_line(run) -> str:
     parts.append(f"{run.changed:,} changed, {run.findings:,} findings, attempt {run.attempts}")
     if throttled := throttle_text(run):
         parts.append(throttled)
+    if trend := trend_text(run):
+        parts.append(f"findings: {trend}")
     if run.error:
         parts.append(run.error)
     return " | ".join(parts)

@@ -48,6 +48,12 @@ echo
 echo "== validate_data_integrity --inline, again: only what cannot be fixed is left =="
 "${manage[@]}" run_maintenance validate_data_integrity --inline
 
+fix_run=$("${manage[@]}" maintenance_run list --operation validate_data_integrity --json \
+    | .venv/bin/python -c 'import json, sys; print(next(r["run_id"] for r in json.load(sys.stdin) if r["changed"]))')
+echo
+echo "== maintenance_run revert $fix_run --inline --dry-run: what undoing the fix would restore =="
+"${manage[@]}" maintenance_run revert "$fix_run" --inline --dry-run
+
 echo
 echo "== export_characters --output var/demo-characters.jsonl =="
 "${manage[@]}" export_characters --output var/demo-characters.jsonl

@@ -241,15 +241,17 @@ def test_what_cannot_be_reverted_or_applied_is_refused_with_one_line(planted, tm
     dry = run("validate_data_integrity", fix=True, dry_run=True)
     real = run("validate_data_integrity", fix=True)
     running = MaintenanceRun.objects.create(
-        operation="archive_old_scenes", trigger="cli", status=Status.RUNNING
+        operation="archive_old_scenes", trigger="cli", status=Status.RUNNING, changed=3
     )
     path = tmp_path / "empty.jsonl"
     path.write_text("")
+    report_only = run("validate_data_integrity")
     runs_before = MaintenanceRun.objects.count()
 
     assert "is a dry run" in refused("revert", str(dry.pk), "--inline")
     assert f"is {Status.RUNNING}" in refused("revert", str(running.pk), "--inline")
     assert "no run #" in refused("revert", "999999", "--inline")
+    assert "changed nothing" in refused("revert", str(report_only.pk), "--inline")
     assert "not a dry run" in refused("apply", str(real.pk), "--inline")
     assert "cannot be split" in refused("revert", str(real.pk), "--inline", "--partitions", "2")
     for hostile in ("-1", "0", "1.5", "x", "9" * 30, "\x00", "١"):
@@ -257,7 +259,7 @@ def test_what_cannot_be_reverted_or_applied_is_refused_with_one_line(planted, tm
     assert MaintenanceRun.objects.count() == runs_before  # nothing recorded
 
     imported = MaintenanceRun.objects.create(
-        operation="import_characters", trigger="cli", status=Status.SUCCEEDED
+        operation="import_characters", trigger="cli", status=Status.SUCCEEDED, changed=4
     )
     assert "cannot be reverted" in refused("revert", str(imported.pk), "--inline")
     maintenance_run("revert", str(real.pk), "--inline")
@@ -312,3 +314,24 @@ def test_parameter_validation_refuses_a_revert_of_an_unfinished_run():
     queued = MaintenanceRun.objects.create(operation="recalculate_xp", trigger="cli")
     with pytest.raises(ParameterError, match="only a finished run"):
         create_run("revert_run", {"run_id": queued.pk}, trigger="cli")
+
+
+def test_a_partitioned_run_is_reverted_whole_and_its_trend_comes_with_its_last_partition(
+    planted,
+):
+    before = snapshot()
+    split = run("validate_data_integrity", fix=True, partitions=3, batch_size=9)
+    assert split.partition_set.count() == 3
+    assert split.findings_new == split.findings and split.findings_resolved == 0
+    assert split.findings_open == split.finding_set.filter(fixed=False).count()
+
+    undo = revert(split.pk)
+    assert snapshot() == before and undo.changed == split.changed
+
+    for i in range(30):
+        factories.scene(name=f"old{i}")
+    before_archive = snapshot()
+    archive = run("archive_old_scenes", partitions=4, batch_size=4)
+    assert archive.changed >= 30
+    revert(archive.pk, batch_size=7)
+    assert snapshot() == before_archive

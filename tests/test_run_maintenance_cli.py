@@ -27,6 +27,10 @@ JSON_KEYS = {
     "throttled_now",
     "attempts",
     "partitions",
+    # ... and "Findings over time, revert and apply" these
+    "findings_new",
+    "findings_resolved",
+    "findings_open",
     "run_id",
     "operation",
     "status",

@@ -33,6 +33,8 @@ def _revertable(run_id: int) -> None:
             f"run #{run.pk} is {run.operation}, which cannot be reverted (undo it by hand)"
         )
     recorded.refuse_unless_finished(run, "reverted")
+    if not run.changed:
+        raise ParameterError(f"run #{run.pk} changed nothing: there is nothing to revert")
     recorded.refuse_if_done_by(run, RevertRun.name, "reverted")
 
 
