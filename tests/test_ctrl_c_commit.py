@@ -11,7 +11,7 @@ import threading
 import pytest
 from django.db import connection
 from django.db.backends.base.base import BaseDatabaseWrapper
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronicles.models import Scene
@@ -21,15 +21,10 @@ from maintenance.engine.runner import execute
 from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun, RunBatch
 from tests import factories
+from tests.properties import HYPOTHESIS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = MaintenanceRun.Status
-HYPOTHESIS = settings(
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    derandomize=True,
-    database=None,
-)
 
 
 @pytest.fixture(autouse=True)

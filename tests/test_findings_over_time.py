@@ -7,7 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronicles.models import Character
@@ -15,16 +15,11 @@ from maintenance.engine.runner import execute
 from maintenance.engine.runs import create_run
 from maintenance.models import Finding, MaintenanceRun
 from tests import factories
+from tests.properties import HYPOTHESIS
 
 pytestmark = pytest.mark.django_db
 Status = MaintenanceRun.Status
 TRAIT = "character_trait_out_of_range"
-HYPOTHESIS = settings(
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    derandomize=True,
-    database=None,
-)
 
 
 def characters(count, chronicle=None):

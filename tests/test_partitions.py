@@ -10,7 +10,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronicles.models import Scene
@@ -25,15 +25,10 @@ from maintenance.models import Finding, MaintenanceRun, RunBatch, RunPartition
 from maintenance.operations.base import ParameterError
 from maintenance.reporting import partition_lines, run_summary
 from tests.factories import days_ago
+from tests.properties import HYPOTHESIS
 
 pytestmark = pytest.mark.django_db
 Status = MaintenanceRun.Status
-HYPOTHESIS = settings(
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    derandomize=True,
-    database=None,
-)
 
 
 def scenes(old=60, recent=15):

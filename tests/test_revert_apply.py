@@ -9,7 +9,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronicles.models import Character, Chronicle, Post, Scene, XPEntry
@@ -19,16 +19,11 @@ from maintenance.engine.runs import create_run
 from maintenance.models import Finding, MaintenanceRun
 from maintenance.operations.base import ParameterError
 from tests import factories
+from tests.properties import HYPOTHESIS
 
 pytestmark = pytest.mark.django_db
 Status = MaintenanceRun.Status
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-HYPOTHESIS = settings(
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    derandomize=True,
-    database=None,
-)
 GAME = (Chronicle, Character, Scene, Post, XPEntry)
 
 
