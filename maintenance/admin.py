@@ -8,7 +8,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from maintenance import schedule_admin  # noqa: F401  (registers the PeriodicTask admin)
+from maintenance import (
+    admin_revert,
+    schedule_admin,  # noqa: F401  (registers the PeriodicTask admin)
+)
 from maintenance.admin_actions import may_start, start_from_admin
 from maintenance.engine import control
 from maintenance.engine.enqueue import BrokerUnavailable, send
@@ -19,6 +22,7 @@ from maintenance.reporting import (
     progress_text,
     throttle_text,
     throttled_now,
+    trend_text,
 )
 
 CONTROL_LABELS = {"pause": "Pause", "resume": "Resume", "cancel": "Cancel"}
@@ -105,6 +109,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "processed",
         "changed",
         "findings",
+        "findings_trend",
         "findings_link",
         "batches",
         "checkpoint",
@@ -126,6 +131,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
                 control_view,
                 name="maintenance_maintenancerun_control",
             ),
+            *admin_revert.urls(self),
             *super().get_urls(),
         ]
 
@@ -164,14 +170,19 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         wanted = str(object_id)
         known = wanted.isascii() and wanted.isdigit() and len(wanted) < 19
         run = MaintenanceRun.objects.filter(pk=wanted).first() if known else None
-        allowed = []
+        allowed, record_actions = [], []
         if run is not None and may_start(request):
             allowed = [
                 (action, label)
                 for action, label in CONTROL_LABELS.items()
                 if control.allows(run, action)
             ]
-        context = {**(extra_context or {}), "control_actions": allowed}
+            record_actions = admin_revert.offered(request, run)
+        context = {
+            **(extra_context or {}),
+            "control_actions": allowed,
+            "record_actions": record_actions,
+        }
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def _control_each(self, request, queryset, action):
@@ -254,6 +265,10 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
             return "adaptive (towards the target batch time)"
         return f"{run.batch_size:,} rows (pinned)"
 
+    @admin.display(description="findings over time")
+    def findings_trend(self, run):
+        return trend_text(run) or "not counted (the run checks no rules, or did not finish)"
+
     @admin.display(description="all findings")
     def findings_link(self, run):
         if not run.findings:
@@ -291,6 +306,7 @@ class RunBatchAdmin(ReadOnlyAdmin):
         "changed",
         "findings",
         "changed_ids",
+        "written",
         "size",
         "seconds",
         "committed_at",
@@ -299,11 +315,23 @@ class RunBatchAdmin(ReadOnlyAdmin):
 
 @admin.register(Finding)
 class FindingAdmin(ReadOnlyAdmin):
-    list_display = ["run", "rule", "model", "object_id", "message", "fixed"]
+    list_display = ["run", "rule", "model", "object_id", "message", "fixed", "first_seen_at"]
     list_filter = ["rule", "fixed", "run__operation"]
     search_fields = ["=object_id", "message"]
     raw_id_fields = ["run"]
-    readonly_fields = ["run", "rule", "model", "object_id", "message", "fixed", "before", "after"]
+    readonly_fields = [
+        "run",
+        "rule",
+        "model",
+        "object_id",
+        "message",
+        "fixed",
+        "before",
+        "after",
+        "also_written",
+        "fingerprint",
+        "first_seen_at",
+    ]
 
 
 @admin.register(Heartbeat)

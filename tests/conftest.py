@@ -36,3 +36,26 @@ def postgresql():
 
     if connection.vendor != "postgresql":
         pytest.skip("lock and statement timeouts and health signals are PostgreSQL's")
+
+
+@pytest.fixture
+def broker_queue():
+    """The real broker (CELERY_BROKER_URL) for tests that enqueue, with the maintenance
+    queue emptied before and after; the Redis client, to look at what was sent. Skips
+    when the broker is unreachable (fails under CI)."""
+    from celery import current_app
+
+    from maintenance.engine.enqueue import BrokerUnavailable, check_broker
+
+    try:
+        check_broker()
+    except BrokerUnavailable as error:
+        if os.environ.get("CI") == "true" or os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(str(error), pytrace=False)
+        pytest.skip(str(error))
+    queue = current_app.conf.task_default_queue
+    with current_app.connection_for_write() as connection:
+        redis = connection.default_channel.client
+        redis.delete(queue)
+        yield redis
+        redis.delete(queue)

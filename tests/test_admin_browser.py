@@ -1,21 +1,27 @@
-"""The run page's pause, resume and cancel buttons, in a real browser (headless
+"""The run page's pause, resume, cancel and revert buttons, in a real browser (headless
 Chromium through Selenium) against a live server. Skipped without Chromium, except
 under CI, where .ci/run installs it and a missing browser is a failure."""
 
 import os
 import shutil
+from collections import Counter
+from pathlib import Path
 
 import pytest
+from celery import current_app
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
+from chronicles.testdata.generator import Options, generate
+from maintenance.engine.runner import execute
 from maintenance.engine.runs import create_run
 from maintenance.engine.states import Status
-from maintenance.models import MaintenanceRun
+from maintenance.models import Finding, MaintenanceRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 DRIVER = shutil.which("chromedriver")
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 
 
 @pytest.fixture
@@ -99,3 +105,38 @@ def test_staff_without_the_permission_see_no_buttons(browser, live_server):
     browser.get(f"{live_server.url}/admin/maintenance/maintenancerun/{run.pk}/change/")
     assert "archive_old_scenes" in browser.page_source
     assert buttons(browser) == []
+
+
+def test_an_operator_reverts_a_fix_from_its_run_page(browser, live_server, broker_queue):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    generate(Options(seed=8, chronicles=2, characters=40, scenes=60, defect_rate=0.1))
+    fix = execute(create_run("validate_data_integrity", {"fix": True}, trigger="cli"))
+    assert fix.status == Status.SUCCEEDED and fix.changed
+    by_rule = Counter(Finding.objects.filter(run=fix, fixed=True).values_list("rule", flat=True))
+    log_in(browser, live_server, may_start=True)
+    browser.get(f"{live_server.url}/admin/maintenance/maintenancerun/{fix.pk}/change/")
+    assert buttons(browser) == ["Revert"]
+
+    press(browser, "Revert", then="revert_conflict")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#revert-counts tbody tr")
+    cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    assert {what: int(n) for what, n in cells} == by_rule
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "revert-confirm.png"))
+
+    browser.find_element(By.CSS_SELECTOR, "input[name=confirm]").click()
+    WebDriverWait(browser, 10).until(
+        lambda driver: "Started revert_run as run #" in driver.page_source
+    )
+    undo = MaintenanceRun.objects.get(operation="revert_run")
+    assert browser.current_url.endswith(f"/maintenancerun/{undo.pk}/change/")
+    assert undo.status == Status.QUEUED
+    assert broker_queue.llen(current_app.conf.task_default_queue) == 1  # its message
+
+    execute(undo)  # what a worker would do with the message
+    browser.refresh()
+    assert browser.find_element(By.CSS_SELECTOR, ".field-status .readonly").text == "Succeeded"
+    undo.refresh_from_db()
+    assert undo.changed == fix.changed

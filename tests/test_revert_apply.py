@@ -330,3 +330,35 @@ def test_a_partitioned_run_is_reverted_whole_and_its_trend_comes_with_its_last_p
     assert archive.changed >= 30
     revert(archive.pk, batch_size=7)
     assert snapshot() == before_archive
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_reverts_of_one_run_recorded_at_once_give_one_run(postgresql, planted):
+    """The check "not reverted yet" and the new run's row commit together, under a lock
+    on the run to revert: of ten simultaneous requests, one is recorded."""
+    import threading
+
+    from django.db import connection as default_connection
+
+    fix = run("validate_data_integrity", fix=True)
+    barrier, outcomes = threading.Barrier(10), []
+
+    def request():
+        try:
+            barrier.wait()
+            create_run("revert_run", {"run_id": fix.pk}, trigger="cli")
+            outcomes.append("recorded")
+        except ParameterError as refused:
+            outcomes.append(str(refused))
+        finally:
+            default_connection.close()
+
+    threads = [threading.Thread(target=request) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert outcomes.count("recorded") == 1, outcomes
+    assert all("already reverted" in o for o in outcomes if o != "recorded")
+    assert MaintenanceRun.objects.filter(operation="revert_run").count() == 1

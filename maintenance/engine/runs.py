@@ -94,8 +94,10 @@ def create_run(
     written nothing."""
     operation = operations.get(operation_name)
     screen(raw_params)
-    params, dry_run, batch_size, partitions = operation.clean(raw_params)
     with transaction.atomic():  # a partitioned run appears with all its partitions
+        # Validated in the transaction that records it: a check that reads other runs
+        # (a revert's "not reverted yet") still holds when this one appears.
+        params, dry_run, batch_size, partitions = operation.clean(raw_params)
         run = MaintenanceRun.objects.create(
             operation=operation.name,
             trigger=trigger,

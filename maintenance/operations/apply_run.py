@@ -7,6 +7,7 @@ still holds what the dry run saw. Everything else is an apply_conflict finding, 
 change. What the apply writes is recorded like the run it previews, so it can be
 reverted."""
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from maintenance.models import RunBatch
@@ -45,6 +46,13 @@ def _applicable(run_id: int) -> None:
     recorded.refuse_if_done_by(run, ApplyRun.name, "applied")
 
 
+def plan_of(source) -> QuerySet:
+    """The planned changes of a dry run other than an archive: its would-be fixes (a
+    dry-run revert's, its would-be restores)."""
+    planned = recorded.planned_fixes_of(recorded.chain_of(source.pk))
+    return planned.filter(rule=RESTORED) if source.operation == REVERT else planned
+
+
 @register
 class ApplyRun(Operation):
     name = "apply_run"
@@ -56,10 +64,7 @@ class ApplyRun(Operation):
         chain = recorded.chain_of(source.pk)
         if source.operation == ARCHIVE:
             return recorded.BatchIdsWalk(RunBatch.objects.filter(run_id__in=chain))
-        planned = recorded.planned_fixes_of(chain)
-        if source.operation == REVERT:
-            planned = planned.filter(rule=RESTORED)
-        return recorded.FindingsWalk(planned)
+        return recorded.FindingsWalk(plan_of(source))
 
     def process(self, ctx, batch):
         source = recorded.source_run(ctx.params["run_id"])

@@ -3,6 +3,7 @@ revert_run and apply_run walk another run's records with these."""
 
 from __future__ import annotations
 
+from django.db import connection
 from django.db.models import Q, QuerySet, Sum
 
 from maintenance.engine.findings_over_time import resume_chain
@@ -16,7 +17,12 @@ FINDING_FIELDS = ("id", "rule", "model", "object_id", "before", "after", "also_w
 
 
 def source_run(run_id: int) -> MaintenanceRun:
-    run = MaintenanceRun.objects.filter(pk=run_id).first()
+    """The run referred to; locked while a new run that refers to it is recorded, so two
+    reverts of one run recorded at the same moment cannot both pass the checks."""
+    runs = MaintenanceRun.objects.filter(pk=run_id)
+    if connection.in_atomic_block and connection.features.has_select_for_update:
+        runs = runs.select_for_update()
+    run = runs.first()
     if run is None:
         raise ParameterError(f"run_id: no run #{run_id}")
     return run
