@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from maintenance import operations
 from maintenance.engine.states import Status
 from maintenance.models import Finding, MaintenanceRun
 
@@ -44,7 +43,16 @@ def resume_chain(run: MaintenanceRun) -> list[int]:
     return ids
 
 
+def _operations():
+    """The registry, imported when first asked: operations (purge_history) use this
+    module, so importing them here at the start would go round in a circle."""
+    from maintenance import operations
+
+    return operations
+
+
 def rules_checked(run: MaintenanceRun) -> list[str]:
+    operations = _operations()
     try:
         return operations.get(run.operation).rules_checked(run.params)
     except (operations.UnknownOperation, KeyError, TypeError):
@@ -60,7 +68,7 @@ def previous_run(run: MaintenanceRun, rule: str) -> MaintenanceRun | None:
     candidates = MaintenanceRun.objects.filter(
         status=Status.SUCCEEDED, created_at__lte=run.created_at
     ).exclude(pk=run.pk)
-    names = [op.name for op in operations.all_operations() if _may_check(op, rule)]
+    names = [op.name for op in _operations().all_operations() if _may_check(op, rule)]
     candidates = candidates.filter(operation__in=names).order_by("-created_at", "-pk")
     for candidate in candidates[:MAX_LOOKBACK].iterator(chunk_size=50):
         if candidate.created_at == run.created_at and candidate.pk > run.pk:
