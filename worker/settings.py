@@ -13,6 +13,7 @@ from worker.env import SettingError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DAY = 24 * 3600
+MIN_METRICS_TOKEN_LENGTH = 16
 
 
 def _production_secret_key() -> str:
@@ -28,6 +29,24 @@ def _production_secret_key() -> str:
             f"{env.MIN_SECRET_DISTINCT} different ones (openssl rand -hex 32)",
         )
     return key
+
+
+def _metrics_token() -> str:
+    """The bearer token /metrics requires; empty: none. Refused when a client could not
+    send it in a header (spaces, control or non-ASCII characters) or when it is short
+    enough to guess. Never echoed."""
+    token = env.raw("MAINTENANCE_METRICS_TOKEN")
+    if token is None:
+        return ""
+    if not all("!" <= char <= "~" for char in token):
+        raise SettingError("MAINTENANCE_METRICS_TOKEN", "must be printable ASCII without spaces")
+    if len(token) < MIN_METRICS_TOKEN_LENGTH:
+        raise SettingError(
+            "MAINTENANCE_METRICS_TOKEN",
+            f"is too short: use at least {MIN_METRICS_TOKEN_LENGTH} characters "
+            "(openssl rand -hex 32)",
+        )
+    return token
 
 
 PRODUCTION = env.boolean("DJANGO_PRODUCTION", default=False)
@@ -219,3 +238,8 @@ MAINTENANCE_MAX_LOCK_WAITERS = env.integer("MAINTENANCE_MAX_LOCK_WAITERS", 10, 0
 MAINTENANCE_TARGET_BATCH_MS = env.integer("MAINTENANCE_TARGET_BATCH_MS", 250, 10, 600_000)
 # monitor_validation warns when more findings than this appeared in its period.
 MAINTENANCE_NEW_FINDINGS_WARNING = env.integer("MAINTENANCE_NEW_FINDINGS_WARNING", 100, 0, 10**12)
+
+# --- Observability ---
+# /metrics requires `Authorization: Bearer <this>` when set; unset, it is served only
+# with DEBUG on (development) and is off in production mode.
+MAINTENANCE_METRICS_TOKEN = _metrics_token()

@@ -1,0 +1,1 @@
+"""Observability of the maintenance service: the Prometheus metrics behind /metrics."""
