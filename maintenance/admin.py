@@ -9,7 +9,10 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from maintenance import (
+    admin_links,
+    admin_progress,
     admin_revert,
+    admin_start,
     schedule_admin,  # noqa: F401  (registers the PeriodicTask admin)
 )
 from maintenance.admin_actions import may_start, start_from_admin
@@ -18,10 +21,9 @@ from maintenance.engine.enqueue import BrokerUnavailable, send
 from maintenance.models import Finding, Heartbeat, MaintenanceRun, RunBatch, RunPartition
 from maintenance.reporting import (
     admin_findings_path,
-    eta_s,
+    progress_line,
     progress_text,
     throttle_text,
-    throttled_now,
     trend_text,
 )
 
@@ -87,34 +89,37 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
     search_fields = ["=id", "operation", "periodic_task_name", "requested_by", "celery_task_id"]
     date_hierarchy = "created_at"
     readonly_fields = [
+        "status_badge",
+        "progress",
+        "throttling",
         "operation",
-        "status",
-        "trigger",
-        "periodic_task_name",
-        "schedule_changed_by",
-        "requested_by",
+        "dry_run_text",
         "params",
-        "dry_run",
+        "trigger",
+        "requested_by",
+        "schedule",
+        "schedule_changed_by",
         "batch_size_text",
         "partitions",
-        "celery_task_id",
+        "processed",
+        "changed",
+        "findings",
+        "findings_trend",
+        "findings_table",
+        "findings_link",
+        "batches_link",
         "created_at",
         "started_at",
         "finished_at",
         "heartbeat_at",
         "worker",
         "attempts",
-        "progress",
-        "throttling",
-        "processed",
-        "changed",
-        "findings",
-        "findings_trend",
-        "findings_link",
-        "batches",
+        "celery_task_id",
+        "resumed_from_link",
+        "resumed_by_links",
+        "skipped_because_of_link",
+        "skipped_runs_links",
         "checkpoint",
-        "resumed_from",
-        "skipped_because_of",
         "error",
     ]
     fields = readonly_fields
@@ -132,8 +137,15 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
                 name="maintenance_maintenancerun_control",
             ),
             *admin_revert.urls(self),
+            *admin_progress.urls(self),
+            *admin_start.urls(self),
             *super().get_urls(),
         ]
+
+    def changelist_view(self, request, extra_context=None):
+        # "Start a run" above the history, for those who may start runs.
+        context = {**(extra_context or {}), "may_start_runs": may_start(request)}
+        return super().changelist_view(request, extra_context=context)
 
     def control_view(self, request, run_id, action):
         if action not in CONTROL_LABELS:
@@ -182,6 +194,12 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
             **(extra_context or {}),
             "control_actions": allowed,
             "record_actions": record_actions,
+            # While it is under way the page follows it (admin_progress).
+            "progress_url": (
+                reverse("admin:maintenance_maintenancerun_progress", args=[run.pk])
+                if run is not None and not run.is_finished
+                else ""
+            ),
         }
         return super().change_view(request, object_id, form_url, extra_context=context)
 
@@ -248,12 +266,7 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="progress")
     def progress(self, run):
-        text = progress_text(run)
-        if (eta := eta_s(run)) is not None:
-            text += f", ETA {eta:,.0f}s"
-        if throttled_now(run):
-            text += ", throttled now"
-        return text
+        return progress_line(run)
 
     @admin.display(description="throttled")
     def throttling(self, run):
@@ -264,6 +277,38 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         if run.batch_size is None:
             return "adaptive (towards the target batch time)"
         return f"{run.batch_size:,} rows (pinned)"
+
+    @admin.display(description="dry run")
+    def dry_run_text(self, run):
+        return "yes: it wrote no game data" if run.dry_run else "no"
+
+    @admin.display(description="schedule")
+    def schedule(self, run):
+        return admin_links.schedule_link(run)
+
+    @admin.display(description="findings by rule")
+    def findings_table(self, run):
+        return admin_links.findings_by_rule(run)
+
+    @admin.display(description="batches")
+    def batches_link(self, run):
+        return admin_links.batches_link(run)
+
+    @admin.display(description="resumed from")
+    def resumed_from_link(self, run):
+        return admin_links.run_link(run.resumed_from)
+
+    @admin.display(description="resumed by")
+    def resumed_by_links(self, run):
+        return admin_links.run_links(run.resumed_by.order_by("pk"))
+
+    @admin.display(description="skipped because of")
+    def skipped_because_of_link(self, run):
+        return admin_links.run_link(run.skipped_because_of)
+
+    @admin.display(description="runs skipped because of this one")
+    def skipped_runs_links(self, run):
+        return admin_links.run_links(run.skipped_runs.order_by("pk")[:50])
 
     @admin.display(description="findings over time")
     def findings_trend(self, run):
@@ -287,19 +332,23 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
 @admin.register(RunBatch)
 class RunBatchAdmin(ReadOnlyAdmin):
     list_display = [
-        "run",
-        "number",
+        "batch",
+        "run_link",
+        "partition",
         "size",
         "processed",
         "changed",
         "findings",
-        "seconds",
+        "duration",
         "committed_at",
     ]
     list_filter = ["run__operation"]
+    list_select_related = ["run"]
     raw_id_fields = ["run"]
+    ordering = ["-committed_at", "-id"]  # the latest batch on the first page
     readonly_fields = [
-        "run",
+        "run_link",
+        "partition",
         "number",
         "position",
         "processed",
@@ -308,30 +357,73 @@ class RunBatchAdmin(ReadOnlyAdmin):
         "changed_ids",
         "written",
         "size",
-        "seconds",
+        "duration",
         "committed_at",
     ]
+    fields = readonly_fields
+
+    @admin.display(description="batch", ordering="number")
+    def batch(self, batch):
+        return f"batch {batch.number:,}"
+
+    @admin.display(description="run", ordering="run")
+    def run_link(self, batch):
+        return admin_links.run_link(batch.run, short=True)
+
+    @admin.display(description="duration", ordering="seconds")
+    def duration(self, batch):
+        return f"{batch.seconds * 1000:,.0f} ms"
 
 
 @admin.register(Finding)
 class FindingAdmin(ReadOnlyAdmin):
-    list_display = ["run", "rule", "model", "object_id", "message", "fixed", "first_seen_at"]
-    list_filter = ["rule", "fixed", "run__operation"]
+    # The short columns first: at 1400 px the message wraps, nothing is off-screen.
+    list_display = [
+        "row",
+        "rule",
+        "fixed",
+        "dry_run",
+        "change",
+        "message",
+        "run_link",
+        "first_seen_at",
+    ]
+    list_filter = ["rule", "fixed", "run__dry_run", "run__operation"]
+    list_select_related = ["run"]
     search_fields = ["=object_id", "message"]
     raw_id_fields = ["run"]
     readonly_fields = [
-        "run",
+        "run_link",
+        "dry_run",
         "rule",
-        "model",
-        "object_id",
+        "row",
         "message",
         "fixed",
+        "change",
         "before",
         "after",
         "also_written",
         "fingerprint",
         "first_seen_at",
+        "created_at",
     ]
+    fields = readonly_fields
+
+    @admin.display(description="row", ordering="object_id")
+    def row(self, finding):
+        return admin_links.object_link(finding.model, finding.object_id)
+
+    @admin.display(description="before → after")
+    def change(self, finding):
+        return admin_links.change_text(finding)
+
+    @admin.display(description="dry run", boolean=True, ordering="run__dry_run")
+    def dry_run(self, finding):
+        return finding.run.dry_run
+
+    @admin.display(description="run", ordering="run")
+    def run_link(self, finding):
+        return admin_links.run_link(finding.run, short=True)
 
 
 @admin.register(Heartbeat)

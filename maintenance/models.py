@@ -192,6 +192,7 @@ class RunBatch(models.Model):
     committed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name_plural = "run batches"
         ordering = ["run", "partition", "number"]
         constraints = [
             models.UniqueConstraint(

@@ -115,6 +115,16 @@ def progress_text(unit) -> str:
     return text
 
 
+def progress_line(run) -> str:
+    """progress_text with the ETA, and whether it is throttled now: the admin's progress."""
+    text = progress_text(run)
+    if (eta := eta_s(run)) is not None:
+        text += f", ETA {eta:,.0f}s"
+    if throttled_now(run):
+        text += ", throttled now"
+    return text
+
+
 def throttled_now(run) -> bool:
     """Whether the run is backing off for the database's sake at this moment: active,
     and its last throttle recorded within the last couple of seconds."""

@@ -137,6 +137,67 @@ def test_an_operator_reverts_a_fix_from_its_run_page(browser, live_server, broke
 
     execute(undo)  # what a worker would do with the message
     browser.refresh()
-    assert browser.find_element(By.CSS_SELECTOR, ".field-status .readonly").text == "Succeeded"
+    assert (
+        browser.find_element(By.CSS_SELECTOR, ".field-status_badge .readonly").text == "succeeded"
+    )
     undo.refresh_from_db()
     assert undo.changed == fix.changed
+
+
+def screenshots(browser, name):
+    """The page at 1400 and at 1920 pixels wide (var/screenshots/NAME.png and
+    NAME-1920.png), for a look at the layout; the window is 1400 wide again after."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for width, suffix in [(1920, "-1920"), (1400, "")]:
+        browser.set_window_size(width, 1200)
+        browser.save_screenshot(str(SCREENSHOTS / f"{name}{suffix}.png"))
+
+
+def test_an_operator_starts_a_dry_run_from_start_a_run(browser, live_server, broker_queue):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests import factories
+
+    for i in range(4):
+        factories.scene(name=f"old{i}", created_days_ago=400)
+    log_in(browser, live_server, may_start=True)
+    browser.get(f"{live_server.url}/admin/maintenance/maintenancerun/")
+    (link,) = browser.find_elements(By.CSS_SELECTOR, ".object-tools a")
+    assert link.text.casefold() == "start a run"  # the admin's CSS writes it in capitals
+    link.click()
+    WebDriverWait(browser, 10).until(lambda driver: "start-operations" in driver.page_source)
+    names = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#start-operations a")]
+    assert "archive_old_scenes" in names and "validate_data_integrity" in names
+    screenshots(browser, "start-list")
+
+    browser.find_element(By.LINK_TEXT, "archive_old_scenes").click()
+    WebDriverWait(browser, 10).until(lambda driver: "start_form" in driver.page_source)
+    assert browser.find_element(By.NAME, "dry_run").is_selected()
+    days = browser.find_element(By.NAME, "older_than_days")
+    assert days.get_attribute("value") == "90" and days.get_attribute("min") == "1"
+    screenshots(browser, "start-form")
+
+    browser.find_element(By.CSS_SELECTOR, "input[name=start]").click()
+    WebDriverWait(browser, 10).until(
+        lambda driver: "Started archive_old_scenes (dry run) as run #" in driver.page_source
+    )
+    run = MaintenanceRun.objects.get(operation="archive_old_scenes")
+    assert browser.current_url.endswith(f"/maintenancerun/{run.pk}/change/")
+    assert "No worker has ever answered" in browser.page_source  # no heartbeat in the test
+    assert (run.status, run.dry_run, run.trigger, run.requested_by) == (
+        Status.QUEUED,
+        True,
+        "admin",
+        "keeper",
+    )
+    assert broker_queue.llen(current_app.conf.task_default_queue) == 1  # its message
+
+    done = execute(MaintenanceRun.objects.get(pk=run.pk))  # what a worker would do
+    browser.refresh()
+    # (the status as a field, or as the coloured badge of the list)
+    status = browser.find_element(
+        By.CSS_SELECTOR, ".field-status .readonly, .field-status_badge .readonly"
+    )
+    assert status.text.casefold().startswith("succeeded"), status.text
+    assert done.changed == 4  # what a real run would archive; a dry run archives nothing
