@@ -4,6 +4,7 @@ under CI, where .ci/run installs it and a missing browser is a failure."""
 
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def browser():
 
 def log_in(browser, live_server, may_start):
     user = get_user_model().objects.create_user("keeper", password="a long password", is_staff=True)
-    names = ["view_maintenancerun"] + (["start_maintenancerun"] if may_start else [])
+    names = ["view_maintenancerun", "view_runbatch", "view_finding"]
+    names += ["start_maintenancerun"] if may_start else []
     user.user_permissions.set(Permission.objects.filter(codename__in=names))
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -201,3 +203,71 @@ def test_an_operator_starts_a_dry_run_from_start_a_run(browser, live_server, bro
     )
     assert status.text.casefold().startswith("succeeded"), status.text
     assert done.changed == 4  # what a real run would archive; a dry run archives nothing
+
+
+def test_the_run_page_follows_a_run_to_100_percent_and_links_to_its_batches(
+    browser, live_server, postgresql
+):
+    """A run executing in another thread (a worker, as far as the page can tell): its page
+    updates its progress in place, reloads when the run ends at 100%, and its batches link
+    lists the batches newest first. PostgreSQL: the runner's thread needs a database it
+    can share with the live server's."""
+    import threading
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests import factories
+
+    for i in range(40):
+        factories.scene(name=f"old{i}")
+    run = create_run("archive_old_scenes", {"batch_size": 4}, trigger="cli")
+    worker = threading.Thread(target=execute, args=(run,), kwargs={"on_batch": slow})
+    log_in(browser, live_server, may_start=True)
+    worker.start()
+    try:
+        WebDriverWait(browser, 20).until(lambda _: running(run))
+        browser.get(f"{live_server.url}/admin/maintenance/maintenancerun/{run.pk}/change/")
+        browser.execute_script("window.sameDocument = true")
+        first = progress_of(browser)
+        screenshots(browser, "run-live")
+        WebDriverWait(browser, 20).until(
+            lambda driver: (
+                progress_of(driver) != first
+                and driver.execute_script("return window.sameDocument === true")
+            )
+        )  # updated in place, without a reload
+        WebDriverWait(browser, 30).until(lambda driver: status_of(driver) == "succeeded")
+    finally:
+        worker.join(60)
+    assert "100%" in progress_of(browser)
+    assert not browser.execute_script("return window.sameDocument === true")  # it reloaded
+
+    browser.find_element(By.PARTIAL_LINK_TEXT, "batches, newest first").click()
+    WebDriverWait(browser, 10).until(lambda driver: "Run batches" in driver.page_source)
+    numbers = [
+        int(cell.text.split()[1])
+        for cell in browser.find_elements(By.CSS_SELECTOR, "#result_list .field-batch")
+    ]
+    assert numbers == list(range(10, 0, -1))
+    screenshots(browser, "run-batches")
+
+
+def slow(report):
+    time.sleep(0.4)  # a batch a worker takes its time over, so the page can watch
+
+
+def running(run):
+    return MaintenanceRun.objects.filter(pk=run.pk, status=Status.RUNNING).exists()
+
+
+def status_of(browser):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, ".field-status_badge .readonly").text
+
+
+def progress_of(browser):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, ".field-progress .readonly").text
