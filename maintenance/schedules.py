@@ -25,7 +25,7 @@ class DefaultSchedule:
     name: str
     task: str
     description: str
-    crontab: dict | None = None  # minute/hour, in settings.TIME_ZONE
+    crontab: dict | None = None  # minute/hour (day_of_week: every day), in settings.TIME_ZONE
     every_seconds: int | None = None
     kwargs: dict = field(default_factory=dict)
 
@@ -51,6 +51,13 @@ DEFAULT_SCHEDULES = (
         kwargs={"older_than_days": 90},
     ),
     DefaultSchedule(
+        name="Purge run history (weekly)",
+        task="maintenance.purge_history",
+        description="Delete runs and findings older than 90 days, keeping what is in use.",
+        crontab={"minute": "30", "hour": "4", "day_of_week": "0"},  # Sunday
+        kwargs={"older_than_days": 90},
+    ),
+    DefaultSchedule(
         name="Heartbeat (every minute)",
         task="maintenance.heartbeat",
         description="Proves that beat and a worker are alive; monitor_validation reads it.",
@@ -68,7 +75,7 @@ def _schedule_fields(default):
     crontab, _ = CrontabSchedule.objects.get_or_create(
         minute=default.crontab["minute"],
         hour=default.crontab["hour"],
-        day_of_week="*",
+        day_of_week=default.crontab.get("day_of_week", "*"),
         day_of_month="*",
         month_of_year="*",
         timezone=settings.TIME_ZONE,

@@ -15,7 +15,7 @@ from maintenance.tasks import heartbeat_task
 pytestmark = pytest.mark.django_db
 
 
-def test_seeding_creates_the_daily_jobs_and_the_heartbeat(settings):
+def test_seeding_creates_the_daily_and_weekly_jobs_and_the_heartbeat(settings):
     seed()
 
     tasks = {task.task: task for task in PeriodicTask.objects.all()}
@@ -23,14 +23,19 @@ def test_seeding_creates_the_daily_jobs_and_the_heartbeat(settings):
         "maintenance.validate_data_integrity",
         "maintenance.recalculate_xp",
         "maintenance.archive_old_scenes",
+        "maintenance.purge_history",
         "maintenance.heartbeat",
     }
     for name in ("validate_data_integrity", "recalculate_xp", "archive_old_scenes"):
         crontab = tasks[f"maintenance.{name}"].crontab
         assert crontab.day_of_week == "*" and crontab.hour.isdigit()
         assert str(crontab.timezone) == settings.TIME_ZONE
+    weekly = tasks["maintenance.purge_history"].crontab
+    assert (weekly.day_of_week, weekly.day_of_month, weekly.month_of_year) == ("0", "*", "*")
+    assert weekly.hour.isdigit() and str(weekly.timezone) == settings.TIME_ZONE
     assert tasks["maintenance.heartbeat"].interval.every == 60
     assert json.loads(tasks["maintenance.archive_old_scenes"].kwargs) == {"older_than_days": 90}
+    assert json.loads(tasks["maintenance.purge_history"].kwargs) == {"older_than_days": 90}
 
 
 def test_seeding_again_keeps_what_an_admin_edited():

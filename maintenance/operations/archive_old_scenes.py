@@ -1,15 +1,15 @@
 """archive_old_scenes: set archived_at on finished, unarchived scenes whose activity
 time is older than the cutoff. An unfinished scene is never archived."""
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from chronicles.models import Post, Scene, scene_activity_time
 from maintenance.engine.iteration import KeysetWalk
-from maintenance.operations.base import Operation, Outcome, Parameter
-from maintenance.operations.common import CHRONICLE_ID
+from maintenance.operations.base import Operation, Outcome
+from maintenance.operations.common import CHRONICLE_ID, cutoff_of, older_than_days
 from maintenance.operations.registry import register
 
 
@@ -19,20 +19,12 @@ class ArchiveOldScenes(Operation):
     partitionable = True
     description = "Archive finished scenes with no activity for older_than_days days."
     parameters = (
-        Parameter(
-            "older_than_days",
-            "int",
-            "Archive scenes with no activity for this many days (default 90).",
-            default=90,
-            minimum=1,
-            maximum=36500,
-        ),
+        older_than_days("Archive scenes with no activity for this many days (default 90)."),
         CHRONICLE_ID,
     )
 
     def prepare(self, params, now):
-        cutoff = now - timedelta(days=params["older_than_days"])
-        return {"cutoff": cutoff.isoformat()}
+        return {"cutoff": cutoff_of(params, now).isoformat()}
 
     def candidates(self, params, context):
         """Finished, unarchived scenes whose last activity is before the cutoff: cheap to
