@@ -271,3 +271,43 @@ def progress_of(browser):
     from selenium.webdriver.common.by import By
 
     return browser.find_element(By.CSS_SELECTOR, ".field-progress .readonly").text
+
+
+def test_an_operator_pauses_a_running_run_and_resumes_it(
+    browser, live_server, postgresql, monkeypatch
+):
+    """Pause while a worker (a thread here) is in the middle of the run: it stops at a
+    batch boundary, paused; Resume queues it again and it finishes the rest, every scene
+    archived once."""
+    import threading
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests import factories
+
+    sent = []
+    monkeypatch.setattr("maintenance.admin.send", lambda run: sent.append(run.pk))
+    for i in range(40):
+        factories.scene(name=f"old{i}")
+    run = create_run("archive_old_scenes", {"batch_size": 4}, trigger="cli")
+    worker = threading.Thread(target=execute, args=(run,), kwargs={"on_batch": slow})
+    log_in(browser, live_server, may_start=True)
+    worker.start()
+    try:
+        WebDriverWait(browser, 20).until(lambda _: running(run))
+        browser.get(f"{live_server.url}/admin/maintenance/maintenancerun/{run.pk}/change/")
+        assert buttons(browser) == ["Pause", "Cancel"]
+        press(browser, "Pause", then=f"Run #{run.pk} is pausing.")
+        WebDriverWait(browser, 30).until(lambda driver: status_of(driver) == "paused")
+    finally:
+        worker.join(60)
+    run.refresh_from_db()
+    assert run.status == Status.PAUSED and 0 < run.batches < 10
+    assert buttons(browser) == ["Resume", "Cancel"]
+
+    press(browser, "Resume", then=f"Run #{run.pk} is queued.")
+    assert sent == [run.pk]
+    finished = execute(MaintenanceRun.objects.get(pk=run.pk))  # what the worker would do
+    assert finished.status == Status.SUCCEEDED and finished.changed == 40
+    browser.refresh()
+    assert status_of(browser) == "succeeded"
