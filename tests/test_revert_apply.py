@@ -362,3 +362,25 @@ def test_two_reverts_of_one_run_recorded_at_once_give_one_run(postgresql, plante
     assert outcomes.count("recorded") == 1, outcomes
     assert all("already reverted" in o for o in outcomes if o != "recorded")
     assert MaintenanceRun.objects.filter(operation="revert_run").count() == 1
+
+
+def test_a_dry_run_revert_of_rows_fixed_by_several_rules_plans_what_the_revert_does():
+    """One character broken three ways, fixed by three rules in three batches: the dry
+    run of its revert, whose batches write nothing, still plans each restore against
+    what the earlier ones would have written; applying that plan is the revert."""
+    chronicle = factories.chronicle()
+    broken = Character.objects.create(
+        name="thrice", chronicle=chronicle, owner=None, willpower=20, xp=9999
+    )
+    from django.contrib.auth import get_user_model
+
+    chronicle.storytellers.add(get_user_model().objects.create_user("st"))
+    before = snapshot()
+    fix = run("validate_data_integrity", fix=True, batch_size=1)
+    assert fix.finding_set.filter(object_id=broken.pk, fixed=True).count() == 3
+
+    preview = revert(fix.pk, dry_run=True, batch_size=1)
+    assert not conflicts(preview)
+    assert preview.changed == fix.changed
+    run("apply_run", run_id=preview.pk, batch_size=1)
+    assert snapshot() == before

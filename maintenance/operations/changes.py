@@ -75,10 +75,18 @@ def locked_rows(model: type[Model], ids, fields) -> dict[int, dict]:
     return {row.pop("pk"): row for row in rows}
 
 
-def make(changes: list[Change], dry_run: bool) -> tuple[list[Written], list[Conflict]]:
+# What a dry run planned for rows in its earlier batches: {(model label, id): {field: JSON}}.
+Planned = dict[tuple[str, int], dict]
+
+
+def make(
+    changes: list[Change], dry_run: bool, planned: Planned | None = None
+) -> tuple[list[Written], list[Conflict]]:
     """Make each change whose row holds what it expects, in order: a later change of
     the same row expects what an earlier one wrote. Outside a dry run, one UPDATE per
-    model writes them."""
+    model writes them. A dry run writes nothing, so what it planned for a row in an
+    earlier batch (`planned`) stands in for the row's values, as a real run's write
+    would."""
     done, conflicts = [], []
     by_model: dict[str, list[Change]] = {}
     for change in changes:
@@ -87,6 +95,10 @@ def make(changes: list[Change], dry_run: bool) -> tuple[list[Written], list[Conf
         model = game_model(label)
         fields = sorted({f for c in group for f in (*c.expect, *c.write)})
         rows = locked_rows(model, {c.object_id for c in group}, fields)
+        for object_id, row in rows.items():
+            for field, value in (planned or {}).get((label, object_id), {}).items():
+                if field in row:
+                    row[field] = stored(model, field, value)
         values: dict[int, dict] = {}
         for change in group:
             row = rows.get(change.object_id)

@@ -7,6 +7,7 @@ holds now. Every restored row is a revert_restored finding with before and after
 revert is itself a run that can be reverted."""
 
 from maintenance.engine.iteration import ChainedWalk
+from maintenance.models import Finding
 from maintenance.operations import changes, recorded
 from maintenance.operations.base import FindingRecord, Operation, Outcome, ParameterError
 from maintenance.operations.registry import get, register
@@ -65,7 +66,8 @@ class RevertRun(Operation):
             for object_id, written in batch.items:
                 change = recorded.undo_of_batch_id(object_id, written, label)
                 (undo.append(change) if change else unknown.append(object_id))
-        done, conflicts = changes.make(undo, ctx.dry_run)
+        planned = _planned_earlier(ctx.run_id, undo) if ctx.dry_run else None
+        done, conflicts = changes.make(undo, ctx.dry_run, planned)
         findings = [restored(item, source, ctx.dry_run) for item in done]
         findings += [conflict(item, source) for item in conflicts]
         findings += [unrecorded(object_id, source) for object_id in unknown]
@@ -74,6 +76,19 @@ class RevertRun(Operation):
             changed_ids=sorted({item.change.object_id for item in done}),
             findings=findings,
         )
+
+
+def _planned_earlier(run_id: int | None, undo: list[changes.Change]) -> changes.Planned:
+    """What this dry run's earlier batches would have restored on the rows of this one
+    (a row fixed by several rules has its fixes in several batches), in their order."""
+    planned: changes.Planned = {}
+    ids = {change.object_id for change in undo}
+    earlier = Finding.objects.filter(run_id=run_id, rule=RESTORED, object_id__in=ids)
+    for model, object_id, after in earlier.order_by("id").values_list(
+        "model", "object_id", "after"
+    ):
+        planned.setdefault((model, object_id), {}).update(after or {})
+    return planned
 
 
 def restored(item: changes.Written, source: int, dry_run: bool) -> FindingRecord:
