@@ -95,22 +95,27 @@ def _fingerprints(findings: QuerySet) -> QuerySet:
     return findings.values("fingerprint").distinct()
 
 
-def trend(run: MaintenanceRun) -> Trend | None:
-    """The run's new, resolved and open findings; None when it checks no rules."""
-    rules = rules_checked(run)
-    if not rules:
-        return None
-    chain = resume_chain(run)
-    new = resolved = still_open = 0
+def earlier_chains(run: MaintenanceRun, rules: list[str]) -> dict[str, list[int] | None]:
+    """Per rule, the resume chain of the run `run` is compared with (None: no such run).
+    Looked up once: both the counts and the first-seen times need it."""
+    chains = {}
     for rule in rules:
+        previous = previous_run(run, rule)
+        chains[rule] = None if previous is None else resume_chain(previous)
+    return chains
+
+
+def trend(chain: list[int], earlier: dict[str, list[int] | None]) -> Trend:
+    """New, resolved and open findings of the runs `chain`, per rule against `earlier`."""
+    new = resolved = still_open = 0
+    for rule, before in earlier.items():
         found = findings_of(chain, rule)
         open_now = found.filter(fixed=False)
         still_open += _fingerprints(open_now).count()
-        previous = previous_run(run, rule)
-        if previous is None:
+        if before is None:
             new += _fingerprints(found).count()
             continue
-        open_before = findings_of(resume_chain(previous), rule).filter(fixed=False)
+        open_before = findings_of(before, rule).filter(fixed=False)
         known = open_before.values("fingerprint")
         new += _fingerprints(found.exclude(fingerprint__in=known)).count()
         resolved += _fingerprints(
@@ -119,21 +124,19 @@ def trend(run: MaintenanceRun) -> Trend | None:
     return Trend(new=new, resolved=resolved, open=still_open)
 
 
-def carry_first_seen(run: MaintenanceRun) -> None:
+def carry_first_seen(chain: list[int], earlier: dict[str, list[int] | None]) -> None:
     """A finding open after the previous run was first seen when that one's was."""
-    chain = resume_chain(run)
-    for rule in rules_checked(run):
-        previous = previous_run(run, rule)
-        if previous is None:
+    for rule, before in earlier.items():
+        if before is None:
             continue
-        earlier = (
-            findings_of(resume_chain(previous), rule)
+        first_seen = (
+            findings_of(before, rule)
             .filter(fixed=False, fingerprint=OuterRef("fingerprint"))
             .order_by("first_seen_at")
             .values("first_seen_at")[:1]
         )
         findings_of(chain, rule).update(
-            first_seen_at=Coalesce(Subquery(earlier), F("first_seen_at"))
+            first_seen_at=Coalesce(Subquery(first_seen), F("first_seen_at"))
         )
 
 
@@ -142,10 +145,12 @@ def summarise(run_id: int) -> None:
     run = MaintenanceRun.objects.filter(pk=run_id, status=Status.SUCCEEDED).first()
     if run is None:
         return
-    counts = trend(run)
-    if counts is None:
+    rules = rules_checked(run)
+    if not rules:
         return
-    carry_first_seen(run)
+    chain, earlier = resume_chain(run), earlier_chains(run, rules)
+    counts = trend(chain, earlier)
+    carry_first_seen(chain, earlier)
     MaintenanceRun.objects.filter(pk=run.pk).update(
         findings_new=counts.new, findings_resolved=counts.resolved, findings_open=counts.open
     )

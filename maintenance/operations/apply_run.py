@@ -16,7 +16,7 @@ from maintenance.operations.archive_old_scenes import archived_with
 from maintenance.operations.base import FindingRecord, Operation, Outcome, ParameterError
 from maintenance.operations.registry import get, register
 from maintenance.operations.revert_run import RESTORED, restored
-from maintenance.operations.rule_walk import _as_json, check_rows
+from maintenance.operations.rule_walk import check_rows
 from maintenance.operations.rules import RULES
 
 CONFLICT = "apply_conflict"
@@ -144,7 +144,7 @@ def _fixes(source, planned: list[dict]) -> Outcome:
             if (
                 plan
                 and plan.before == finding["before"]
-                and _as_json(plan.after or {}) == finding["after"]
+                and changes.values_as_json(plan.after or {}) == finding["after"]
             ):
                 same.append(row)
             else:
@@ -165,8 +165,9 @@ def _changed_since(source, finding: dict, plan) -> FindingRecord:
     if plan is None:
         now = "its rule no longer finds it broken"
     else:
-        now = f"its rule now plans {changes.describe(_as_json(plan.after or {}))} from " + (
-            changes.describe(plan.before)
+        now = (
+            f"its rule now plans {changes.describe(changes.values_as_json(plan.after or {}))} from "
+            + (changes.describe(plan.before))
         )
     return FindingRecord(
         rule=CONFLICT,

@@ -63,6 +63,11 @@ def as_json(value):
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
+def values_as_json(values: dict) -> dict:
+    """Values as a finding records them (dates and times as ISO 8601 text)."""
+    return {field: as_json(value) for field, value in values.items()}
+
+
 def same(model: type[Model], values: dict, row: dict) -> bool:
     """Whether `row` (as read) holds `values` (as recorded) in every field."""
     return all(stored(model, field, value) == row[field] for field, value in values.items())

@@ -40,10 +40,6 @@ MAX_BROKEN_PER_BATCH = 1000
 MAX_SPAN_PER_BATCH = 1_000_000
 
 
-def _as_json(values):
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}
-
-
 class RuleWalk:
     """One rule's rows after an id; a batch's items are its broken rows.
 
@@ -138,7 +134,9 @@ def check_rows(rule, rows, *, chronicle_id, fix, dry_run):
         if set_values(rule.recheck(rule.scope(chronicle_id)), repairs, **also) < len(repairs):
             repairs = _holding(rule, repairs)  # the re-check left some out
         if also:
-            also_written = {pk: {"before": held[pk], "after": _as_json(also)} for pk in repairs}
+            also_written = {
+                pk: {"before": held[pk], "after": changes.values_as_json(also)} for pk in repairs
+            }
     findings = [
         FindingRecord(
             rule=rule.code,
@@ -147,7 +145,7 @@ def check_rows(rule, rows, *, chronicle_id, fix, dry_run):
             message=plan.message,
             fixed=pk in repairs and not dry_run,
             before=plan.before,
-            after=_as_json(repairs[pk]) if pk in repairs else None,
+            after=changes.values_as_json(repairs[pk]) if pk in repairs else None,
             also_written=also_written.get(pk),
         )
         for pk, plan in plans.items()
@@ -178,5 +176,5 @@ def _holding(rule, repairs) -> dict:
     return {
         pk: values
         for pk, values in repairs.items()
-        if pk in rows and changes.same(rule.model, _as_json(values), rows[pk])
+        if pk in rows and changes.same(rule.model, changes.values_as_json(values), rows[pk])
     }
