@@ -5,6 +5,7 @@ import os
 
 from celery import Celery
 
+from maintenance.worker_limits import WorkerLimitsTask
 from worker.env import SettingError, exit_with
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "worker.settings")
@@ -16,7 +17,9 @@ try:
 except SettingError as error:
     exit_with(error)
 
-app = Celery("worker")
+# Every task runs under the worker's own time limits, never those its message carries
+# (maintenance/worker_limits.py).
+app = Celery("worker", task_cls=WorkerLimitsTask)
 # Every CELERY_* Django setting becomes the matching Celery setting.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

@@ -167,11 +167,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CONCURRENCY = env.integer("CELERY_WORKER_CONCURRENCY", None, 1, 256)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# The worker's time limits: it applies its own (these, or its --soft-time-limit and
+# --time-limit flags), never those a message carries (maintenance/worker_limits.py).
+# The soft limit lets a run save its checkpoint; after the hard one it cannot. They are
+# checked with MAINTENANCE_SLICE_SECONDS below: slice < soft < hard.
 CELERY_TASK_SOFT_TIME_LIMIT = env.integer("CELERY_TASK_SOFT_TIME_LIMIT", 3300, 1, 7 * DAY)
 CELERY_TASK_TIME_LIMIT = env.integer("CELERY_TASK_TIME_LIMIT", 3600, 1, 7 * DAY)
-if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
-    # The soft limit lets a run save its checkpoint; after the hard one it cannot.
-    raise SettingError("CELERY_TASK_SOFT_TIME_LIMIT", "must be below CELERY_TASK_TIME_LIMIT")
 # Redis re-delivers an unacknowledged message after this many seconds. It must exceed the
 # hard time limit, or a long task that is still running would be delivered a second time.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -216,11 +217,27 @@ MAINTENANCE_REQUEUE_AFTER_SECONDS = env.integer(
 # a batch boundary as interrupted and goes back on the queue, so no task comes near the
 # time limits or Redis' visibility timeout, and long runs take turns with short ones.
 MAINTENANCE_SLICE_SECONDS = env.integer("MAINTENANCE_SLICE_SECONDS", 300, 1, 7 * DAY)
-if MAINTENANCE_SLICE_SECONDS >= CELERY_TASK_SOFT_TIME_LIMIT:
-    raise SettingError(
-        "MAINTENANCE_SLICE_SECONDS",
-        "must be below CELERY_TASK_SOFT_TIME_LIMIT (a slice ends first)",
+
+
+def _check_time_limits(slice_seconds: int, soft: int, hard: int) -> None:
+    """slice < soft < hard, or one line naming the pair that is out of order (and the
+    whole order, with the values). The visibility timeout is the hard limit + 600."""
+    order = (
+        f"runs need MAINTENANCE_SLICE_SECONDS ({slice_seconds}) < "
+        f"CELERY_TASK_SOFT_TIME_LIMIT ({soft}) < CELERY_TASK_TIME_LIMIT ({hard})"
     )
+    if soft >= hard:
+        raise SettingError(
+            "CELERY_TASK_SOFT_TIME_LIMIT", f"must be below CELERY_TASK_TIME_LIMIT; {order}"
+        )
+    if slice_seconds >= soft:
+        raise SettingError(
+            "MAINTENANCE_SLICE_SECONDS",
+            f"must be below CELERY_TASK_SOFT_TIME_LIMIT (a slice ends first); {order}",
+        )
+
+
+_check_time_limits(MAINTENANCE_SLICE_SECONDS, CELERY_TASK_SOFT_TIME_LIMIT, CELERY_TASK_TIME_LIMIT)
 
 # --- Gentle on a live database (PostgreSQL; see the README, "Throttling") ---
 # A batch waits at most this long for a row lock the application holds; then it is

@@ -83,6 +83,10 @@ def _publish(unit: LeasedWork, connection=None) -> None:
             # no subscription to a result backend that could hang.
             ignore_result=True,
             retry=False,
+            # No time limits in the message: the worker applies its own
+            # (maintenance/worker_limits.py), so this process's settings never matter.
+            time_limit=None,
+            soft_time_limit=None,
         )
 
 
