@@ -13,6 +13,7 @@ from maintenance import (
     admin_progress,
     admin_revert,
     admin_start,
+    crontab_admin,  # noqa: F401  (registers the CrontabSchedule admin)
     schedule_admin,  # noqa: F401  (registers the PeriodicTask admin)
 )
 from maintenance.admin_actions import may_start, start_from_admin
@@ -99,6 +100,8 @@ class MaintenanceRunAdmin(ReadOnlyAdmin):
         "requested_by",
         "schedule",
         "schedule_changed_by",
+        "sent_by",
+        "triggered_at",
         "batch_size_text",
         "partitions",
         "processed",

@@ -30,6 +30,9 @@ class LeasedWork(models.Model):
     idle_attempts = models.PositiveIntegerField(default=0)
     # When it was (re)queued: the sweeper re-sends a run queued too long (a lost message).
     queued_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # When the sweeper last sent it again (its message lost); queued_at stays when it
+    # was queued, so monitoring sees how long it has waited.
+    resent_at = models.DateTimeField(null=True, blank=True)
     # The worker that holds it, so a worker shutting down can ask its runs to stop.
     worker = models.CharField(max_length=255, blank=True)
     # Set by a worker shutting down: the runner stops at the next batch boundary.
@@ -84,6 +87,11 @@ class MaintenanceRun(LeasedWork):
     # Split into this many partitions (RunPartition), each its own task; 1: not split.
     partitions = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # When whoever started it asked (beat: the due time); empty: created_at. A run that
+    # finds the same work succeeded since then is coalesced into it.
+    triggered_at = models.DateTimeField(null=True, blank=True)
+    # The beat instance that sent it (host:pid:id), for runs of a schedule.
+    sent_by = models.CharField(max_length=200, blank=True)
 
     # Findings over time, against the previous complete run that checked the same rules
     # (engine/findings_over_time.py); empty for runs that check no rules or did not finish.
@@ -265,3 +273,40 @@ class Heartbeat(models.Model):
 
     def __str__(self):
         return f"{self.name} at {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+
+class TaskMessage(models.Model):
+    """A maintenance task message by its task id, and the run it became. Beat records
+    one before it sends a due time (its task id follows from schedule and due time, so
+    a due time is sent once), and a worker links the run it records to it, so a
+    message delivered twice, or sent twice, makes one run."""
+
+    task_id = models.CharField(max_length=255, unique=True)
+    operation = models.CharField(max_length=64, blank=True)
+    periodic_task_name = models.CharField(max_length=200, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    sent_by = models.CharField(max_length=200, blank=True)
+    sent_at = models.DateTimeField(default=timezone.now, db_index=True)
+    run = models.ForeignKey(
+        MaintenanceRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["periodic_task_name", "-due_at"], name="message_due_idx")]
+
+    def __str__(self):
+        return f"{self.periodic_task_name or self.operation} {self.task_id}"
+
+
+class BeatLeader(models.Model):
+    """The one beat process that sends due tasks. It renews its hold on this row; a
+    standby beat takes it over once the holder has stopped renewing."""
+
+    name = models.CharField(max_length=64, unique=True)
+    holder = models.CharField(max_length=200)
+    acquired_at = models.DateTimeField()
+    renewed_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.name}: {self.holder} until {self.expires_at}"

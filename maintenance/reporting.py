@@ -41,6 +41,11 @@ def run_summary(run):
         "findings_new": run.findings_new,
         "findings_resolved": run.findings_resolved,
         "findings_open": run.findings_open,
+        # scheduling (README "Scheduling you can trust"): the beat that sent it, the due
+        # time or moment it was asked for, and the run it was skipped or coalesced for
+        "sent_by": run.sent_by or None,
+        "triggered_at": (run.triggered_at or run.created_at).isoformat(),
+        "skipped_because_of": run.skipped_because_of_id,
     }
 
 

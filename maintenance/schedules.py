@@ -3,21 +3,37 @@ an admin has edited, and reading an operation's schedule back for monitoring."""
 
 import copy
 import json
+import logging
 from dataclasses import dataclass, field
 
+from celery.schedules import schedstate
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
-from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.models import (
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+)
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
+from maintenance import oneline
+from maintenance.beat import leader, sends
 from maintenance.engine.runs import cut_error
 from maintenance.models import ScheduleChange
+from maintenance.outage import quiet_outages_of
 
 MAINTENANCE_PREFIX = "maintenance."
 # A beat message whose schedule text could not be read carries the reason under this
 # kwarg; the task turns it into a failed run instead of beat disabling the schedule.
 SCHEDULE_ERROR_KWARG = "maintenance_schedule_error"
+# Headers beat adds to a maintenance message: which beat sent it, for which due time.
+SENT_BY_HEADER = "maintenance_sent_by"
+DUE_AT_HEADER = "maintenance_due_at"
+UNRECORDED_TASKS = ("maintenance.heartbeat", "maintenance.ping")
+logger = logging.getLogger(__name__)
+# django-celery-beat logs each database error of its scheduler with a traceback.
+quiet_outages_of("django_celery_beat.schedulers", "celery.beat")
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,9 @@ def _schedule_fields(default):
             every=default.every_seconds, period=IntervalSchedule.SECONDS
         )
         return {"interval": interval}
-    crontab, _ = CrontabSchedule.objects.get_or_create(
+    # A row of its own, never one found by its fields: celery.backend_cleanup's 04:00
+    # row (or anyone's) would be re-timed along with it when either is edited.
+    crontab = CrontabSchedule.objects.create(
         minute=default.crontab["minute"],
         hour=default.crontab["hour"],
         day_of_week=default.crontab.get("day_of_week", "*"),
@@ -179,7 +197,100 @@ class MaintenanceEntry(ModelEntry):
 
 
 class MaintenanceScheduler(DatabaseScheduler):
-    """The DatabaseScheduler with MaintenanceEntry. Beat starts it through
-    CELERY_BEAT_SCHEDULER (or --scheduler maintenance.schedules:MaintenanceScheduler)."""
+    """The DatabaseScheduler with MaintenanceEntry, made safe to run twice. Beat starts
+    it through CELERY_BEAT_SCHEDULER (or --scheduler
+    maintenance.schedules:MaintenanceScheduler).
+
+    - Only the beat that holds the leader row sends (beat/leader.py); others stand by.
+    - A maintenance run's due time is recorded before it is sent (beat/sends.py), so it
+      is sent once: by one beat, and not again by a restarted or new leader.
+    - Each message names the beat that sent it and its due time; the run records both.
+    - A database outage is one line per failed attempt, never a crash of beat."""
 
     Entry = MaintenanceEntry
+
+    def __init__(self, *args, **kwargs):
+        self.instance = leader.instance_name()
+        self.leadership = leader.Leadership(self.instance, settings.MAINTENANCE_BEAT_LEASE_SECONDS)
+        self._decided: dict[str, sends.Decision] = {}
+        super().__init__(*args, **kwargs)
+
+    def tick(self, *args, **kwargs):
+        was_leading = self.leadership.leading
+        if not self.leadership.holds():
+            return min(self.leadership.check_every, self.max_interval)
+        if not was_leading:
+            # Read the schedule afresh: the last leader's last_run_at and any edits.
+            self._initial_read, self._heap = True, None
+        return super().tick(*args, **kwargs)
+
+    def is_due(self, entry):
+        state = super().is_due(entry)
+        if not state.is_due or not sends_once(entry.task):
+            return state
+        decision = sends.decide(
+            entry.name, entry.task, entry.schedule, timezone.now(), self.instance
+        )
+        if not decision.send:
+            return schedstate(False, decision.wait.total_seconds())
+        self._decided[entry.name] = decision
+        return state
+
+    def apply_async(self, entry, producer=None, advance=True, **kwargs):
+        decision = self._decided.pop(entry.name, None)
+        if decision is None:
+            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        given = entry.options
+        headers = {
+            **(given.get("headers") or {}),
+            SENT_BY_HEADER: self.instance,
+            DUE_AT_HEADER: decision.due_at.isoformat(),
+        }
+        # This sending only (beat is one thread): the due time's task id and headers,
+        # and no time limits, for the worker's own apply.
+        entry.options = {
+            **given,
+            "task_id": decision.task_id,
+            "headers": headers,
+            "time_limit": None,
+            "soft_time_limit": None,
+        }
+        try:
+            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        finally:
+            entry.options = given
+
+    def install_default_entries(self, data):
+        super().install_default_entries(data)
+        # django-celery-beat has just linked celery.backend_cleanup (04:00) to any 04:00
+        # row, the archive schedule's too: give it one of its own again.
+        from maintenance.crontab_rows import keep_others_apart  # it imports this module
+
+        try:
+            moved = keep_others_apart()
+        except DatabaseError as error:
+            logger.warning("beat could not check crontab rows: %s", oneline.first_line(error))
+            return
+        for name in moved:
+            logger.info("beat put %r on a crontab row no maintenance schedule uses", name)
+
+    def all_as_schedule(self):
+        try:
+            return super().all_as_schedule()
+        except DatabaseError as error:
+            logger.warning(
+                "beat keeps its schedule: the database is unreachable (%s)",
+                oneline.first_line(error),
+            )
+            if self._schedule is None:
+                self._initial_read = True  # read it as soon as the database answers
+            return dict(self._schedule or {})
+
+    def close(self):
+        super().close()
+        self.leadership.release()
+
+
+def sends_once(task_name: str) -> bool:
+    """Tasks that make runs; the heartbeat is harmless twice and sent every minute."""
+    return task_name.startswith(MAINTENANCE_PREFIX) and task_name not in UNRECORDED_TASKS

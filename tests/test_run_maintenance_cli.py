@@ -31,6 +31,10 @@ JSON_KEYS = {
     "findings_new",
     "findings_resolved",
     "findings_open",
+    # ... and "Scheduling you can trust" these
+    "sent_by",
+    "triggered_at",
+    "skipped_because_of",
     "run_id",
     "operation",
     "status",

@@ -191,6 +191,9 @@ DJANGO_CELERY_BEAT_TZ_AWARE = True
 # --- Maintenance runs ---
 # A running run whose heartbeat is older than this is dead; the next trigger takes it over.
 MAINTENANCE_LEASE_SECONDS = env.integer("MAINTENANCE_LEASE_SECONDS", 60, 1, DAY)
+# Beat high availability: the leading beat renews its hold this often (a third of it);
+# a standby beat takes over once the leader has not renewed for this many seconds.
+MAINTENANCE_BEAT_LEASE_SECONDS = env.integer("MAINTENANCE_BEAT_LEASE_SECONDS", 30, 3, 3600)
 # Transient database errors (connection lost, lock timeouts) are retried this many times
 # per batch, waiting MAINTENANCE_RETRY_BACKOFF seconds, doubling each time.
 MAINTENANCE_DB_RETRIES = env.integer("MAINTENANCE_DB_RETRIES", 5, 0, 100)

@@ -19,9 +19,11 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from maintenance.engine import partitions
+from maintenance import operations
+from maintenance.engine import events, partitions
 from maintenance.engine.states import ACTIVE, Status
 from maintenance.models import LeasedWork, MaintenanceRun, RunPartition
+from maintenance.operations.registry import UnknownOperation
 
 # Started and not finished, though no runner holds it right now.
 UNDER_WAY = (Status.QUEUED, Status.INTERRUPTED, Status.PAUSED)
@@ -78,14 +80,16 @@ def claim(run: LeasedWork, worker: str = "") -> Claim:
         .exclude(pk=run.pk)
         .order_by("created_at", "pk")
     )
+    if not _was_requeued(run) and _coalesced(run):
+        return Claim()
     if not _was_requeued(run):
         # A fresh trigger also yields to a run of its operation that is between slices,
         # paused or waiting: it is already under way, and would only be done twice.
         started = next((other for other in others if other.status in UNDER_WAY), None)
         if started is not None:
-            _runs(run).skip(
-                started, f"{run.operation} is under way as run #{started.pk} ({started.status})"
-            )
+            note = f"{run.operation} is under way as run #{started.pk} ({started.status})"
+            if _runs(run).skip(started, note):
+                events.note(run, "skipped", note)
             run.refresh_from_db()
             return Claim()
     holder = next((other for other in others if other.status in ACTIVE), None)
@@ -146,6 +150,41 @@ def _claim_partition(partition: RunPartition, worker: str) -> Claim:
     return Claim(token) if claimed else Claim()
 
 
+def _coalesced(run: MaintenanceRun) -> bool:
+    """A fresh trigger whose work a run of the same operation and parameters did after
+    it was triggered (its duplicates queued behind it on one worker process, a second
+    trigger while the first waited) is skipped, naming that run."""
+    try:
+        if not operations.get(run.operation).coalesces:
+            return False
+    except UnknownOperation:
+        return False
+    triggered = run.triggered_at or run.created_at
+    done = (
+        MaintenanceRun.objects.filter(
+            operation=run.operation,
+            status=Status.SUCCEEDED,
+            dry_run=run.dry_run,
+            finished_at__gte=triggered,
+        )
+        .exclude(pk=run.pk)
+        .order_by("finished_at", "pk")
+    )
+    # Parameters compared as values: JSON key order differs between databases.
+    same = next((other for other in done[:100] if other.params == run.params), None)
+    if same is None:
+        return False
+    note = (
+        f"coalesced: run #{same.pk} of {run.operation} with the same parameters "
+        f"succeeded at {same.finished_at.isoformat(timespec='seconds')}, after this run "
+        f"was triggered at {triggered.isoformat(timespec='seconds')}"
+    )
+    if _runs(run).skip(same, note):
+        events.note(run, "coalesced", f"into run #{same.pk}")
+    run.refresh_from_db()
+    return True
+
+
 def _given_up(run: LeasedWork) -> bool:
     """After MAINTENANCE_MAX_ATTEMPTS starts in a row without a committed batch, fail."""
     limit = settings.MAINTENANCE_MAX_ATTEMPTS
@@ -168,7 +207,11 @@ _STARTED = Q(checkpoint__isnull=False) & (Q(partitions=1) | Q(attempts__gt=0))
 def _was_requeued(run: MaintenanceRun) -> bool:
     """Resumed, re-queued after a slice, or sent again: not a fresh trigger."""
     started = run.attempts > 0 if run.is_partitioned else bool(run.checkpoint)
-    return started or run.queued_at > run.created_at + timedelta(seconds=1)
+    return (
+        started
+        or run.resent_at is not None
+        or run.queued_at > run.created_at + timedelta(seconds=1)
+    )
 
 
 def _wait_or_skip(run: MaintenanceRun, holder: MaintenanceRun) -> None:
@@ -176,9 +219,10 @@ def _wait_or_skip(run: MaintenanceRun, holder: MaintenanceRun) -> None:
     interrupted, and the sweeper sends it again once the holder is gone."""
     note = f"{run.operation} is already running as run #{holder.pk}"
     if _was_requeued(run):
-        _runs(run).transition("defer", error=f"waiting: {note}")
-    else:
-        _runs(run).skip(holder, note)
+        if _runs(run).transition("defer", error=f"waiting: {note}"):
+            events.note(run, "waits its turn", note)
+    elif _runs(run).skip(holder, note):
+        events.note(run, "skipped", note)
     run.refresh_from_db()
 
 
@@ -186,6 +230,7 @@ def _reclaim(run: LeasedWork, worker: str) -> Claim:
     """The same run delivered again (acks_late redelivery, or a message the sweeper sent
     again). Wait until the earlier attempt ends or its lease runs out, then take over."""
     deadline = time.monotonic() + settings.MAINTENANCE_LEASE_SECONDS + 5
+    waiting = False
     while True:
         run.refresh_from_db()
         if run.status not in ACTIVE:
@@ -193,7 +238,15 @@ def _reclaim(run: LeasedWork, worker: str) -> Claim:
         if is_dead(run):
             break
         if time.monotonic() > deadline:
+            events.note(run, "left to its runner", "its lease stayed fresh")
             return Claim()
+        if not waiting:
+            waiting = True
+            events.note(
+                run,
+                "delivered again while it runs",
+                f"waiting for its lease (heartbeat {run.heartbeat_at}) to end or run out",
+            )
         time.sleep(min(2.0, settings.MAINTENANCE_LEASE_SECONDS / 4))
     if run.status != Status.RUNNING or _given_up(run):
         # The operator's pause or cancel outlives the runner; a run that keeps dying
@@ -203,6 +256,8 @@ def _reclaim(run: LeasedWork, worker: str) -> Claim:
     token = uuid.uuid4().hex
     taken = _runs(run).take_over(run.lease_token, token, worker)
     run.refresh_from_db()
+    if taken:
+        events.note(run, "taken over", f"by {worker or 'this process'}: its lease ran out")
     return Claim(token) if taken else Claim()
 
 
@@ -223,6 +278,7 @@ def expire_dead(run: LeasedWork) -> bool:
     )
     moved = bool(unchanged(run).expire(note))
     if moved:
+        events.note(run, "lease ran out", note)
         _settle_if_split(run)
     return moved
 
@@ -251,4 +307,5 @@ def _abandon(holder: MaintenanceRun, taken_over_by: MaintenanceRun) -> None:
         f"(lease {settings.MAINTENANCE_LEASE_SECONDS}s); taken over by run #{taken_over_by.pk}"
     )
     if unchanged(holder).fail(note):
+        events.note(holder, "abandoned", note)
         _settle_if_split(holder)

@@ -30,7 +30,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from maintenance import oneline, operations
-from maintenance.engine import findings_over_time, health, leases, partitions, timeouts
+from maintenance.engine import events, findings_over_time, health, leases, partitions, timeouts
 from maintenance.engine.batch_size import BatchSizer
 from maintenance.engine.interrupts import (
     atomic_whole_commit,
@@ -41,6 +41,7 @@ from maintenance.engine.interrupts import (
 from maintenance.engine.iteration import BatchResult, RunContext
 from maintenance.engine.states import ACTIVE, Status
 from maintenance.models import Finding, LeasedWork, MaintenanceRun, RunBatch, RunPartition
+from maintenance.outage import OUTAGE, OUTAGE_ERRORS
 
 # The longest single backoff after a timed-out batch: an operator's pause or cancel
 # waits at most this long (plus one batch) to be seen.
@@ -163,7 +164,7 @@ def _execute(run, on_batch, budget, worker) -> LeasedWork:
     try:
         runner.run()
     except LeaseLost:
-        logger.warning("run #%s was taken over by another runner; stopping", run.pk)
+        events.note(run, "stops", "another runner took it over")
     except KeyboardInterrupt:
         ctrl_c = True  # recorded below, once the traceback and its cursors are gone
     except budget.interruptions:
@@ -193,7 +194,12 @@ def _execute(run, on_batch, budget, worker) -> LeasedWork:
 
 
 def _fail(runner: _Runner, run: LeasedWork, error: Exception) -> None:
-    logger.exception("run #%s failed", run.pk)
+    if isinstance(error, OUTAGE_ERRORS):
+        # An outage is one line per attempt (outage.py), not a traceback per run.
+        OUTAGE.failed(error)
+        logger.warning("run #%s failed: %s", run.pk, oneline.describe(error))
+    else:
+        logger.exception("run #%s failed", run.pk)
     then = (
         "resuming the run retries this partition from there"
         if isinstance(run, RunPartition)
@@ -280,6 +286,7 @@ class _Runner:
             # At least one batch per slice: a run always makes progress when it runs.
             reason = "" if first else self.budget.used_up()
             if reason:
+                events.note(self.run_record, "gives its worker back", reason)
                 self.stop(f"interrupted: {reason}")
                 return
             if not self._wait_while_unhealthy():
@@ -377,6 +384,7 @@ class _Runner:
         left = seconds
         while True:
             if why := self.budget.used_up():
+                events.note(self.run_record, "gives its worker back", why)
                 self.stop(f"interrupted: {why}")
                 return False
             step = min(left, THROTTLE_STEP_SECONDS)
@@ -424,11 +432,14 @@ class _Runner:
         self.start_attempts += 1
         if run.checkpoint and self._can_resume(run.checkpoint):
             checkpoint = run.checkpoint
+            if run.batches:
+                events.note(run, "resumes", f"from its checkpoint after batch {run.batches}")
         else:
             fresh = not run.checkpoint and isinstance(run, MaintenanceRun)
             source = self._resumable_run() if fresh else None
             if source is not None:
                 checkpoint = {**source.checkpoint}
+                events.note(run, "resumes", f"from the checkpoint of failed run #{source.pk}")
             else:
                 prepared = self.operation.prepare(run.params, timezone.now())
                 checkpoint = {"context": prepared, "position": None, "done": False}

@@ -89,6 +89,8 @@ def create_run(
     periodic_task_name="",
     celery_task_id="",
     schedule_changed_by="",
+    sent_by="",
+    triggered_at=None,
 ):
     """Validate and record a run. Raises UnknownOperation or ParameterError, having
     written nothing."""
@@ -105,6 +107,8 @@ def create_run(
             periodic_task_name=periodic_task_name,
             schedule_changed_by=schedule_changed_by,
             celery_task_id=celery_task_id,
+            sent_by=sent_by,
+            triggered_at=triggered_at,
             params=params,
             dry_run=dry_run,
             batch_size=batch_size,

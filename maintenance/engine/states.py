@@ -157,13 +157,15 @@ class RunQuerySet(models.QuerySet):
         return self.transition("pause")
 
     def resume(self) -> int:
-        return self.transition("resume", queued_at=timezone.now(), error="")
+        return self.transition("resume", queued_at=timezone.now(), resent_at=None, error="")
 
     def retry(self) -> int:
-        return self.transition("retry", queued_at=timezone.now(), finished_at=None, error="")
+        return self.transition(
+            "retry", queued_at=timezone.now(), resent_at=None, finished_at=None, error=""
+        )
 
     def requeue(self) -> int:
-        return self.transition("requeue", queued_at=timezone.now())
+        return self.transition("requeue", queued_at=timezone.now(), resent_at=None)
 
     def cancel(self) -> int:
         return self.transition("cancel")

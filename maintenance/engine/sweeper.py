@@ -92,16 +92,17 @@ def _requeue_interrupted(send: Callable[[MaintenanceRun], None], done: Sweep) ->
 
 def _resend_lost(send: Callable[[MaintenanceRun], None], now: datetime, done: Sweep) -> None:
     cutoff = now - timedelta(seconds=settings.MAINTENANCE_REQUEUE_AFTER_SECONDS)
-    lost_runs = MaintenanceRun.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
+    last_sent = Q(resent_at__lt=cutoff) | Q(resent_at__isnull=True, queued_at__lt=cutoff)
+    lost_runs = MaintenanceRun.objects.filter(last_sent, status=Status.QUEUED)
     lost_partitions = RunPartition.objects.filter(
-        status=Status.QUEUED, queued_at__lt=cutoff, run__status=Status.RUNNING
+        last_sent, status=Status.QUEUED, run__status=Status.RUNNING
     ).select_related("run")
     for unit in [*lost_runs, *lost_partitions]:
-        # Refresh queued_at first and only if it is unchanged: one sweeper re-sends it.
+        # Stamp the re-sending first and only if nobody did since: one sweeper sends it.
         if (
             type(unit)
-            .objects.filter(pk=unit.pk, status=Status.QUEUED, queued_at=unit.queued_at)
-            .update(queued_at=now)
+            .objects.filter(pk=unit.pk, status=Status.QUEUED, resent_at=unit.resent_at)
+            .update(resent_at=now)
         ):
             _send(send, unit)
             done.resent.append(getattr(unit, "run_id", unit.pk))

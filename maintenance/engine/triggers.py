@@ -1,11 +1,19 @@
 """Turning a task delivery into a run: which run, started by whom."""
 
+from datetime import datetime
+
+from maintenance.engine import messages
 from maintenance.engine.runner import INLINE, execute
 from maintenance.engine.runs import create_run, cut_error, record_rejected, screen
 from maintenance.models import MaintenanceRun, RunPartition
 from maintenance.operations.base import ParameterError
 from maintenance.reporting import partition_summary, run_summary
-from maintenance.schedules import SCHEDULE_ERROR_KWARG, last_changed_by
+from maintenance.schedules import (
+    DUE_AT_HEADER,
+    SCHEDULE_ERROR_KWARG,
+    SENT_BY_HEADER,
+    last_changed_by,
+)
 
 Trigger = MaintenanceRun.Trigger
 # Message headers that say who sent a task. django-celery-beat adds periodic_task_name;
@@ -25,15 +33,32 @@ def trigger_from(headers):
 
 def _origin(headers, task_id) -> dict:
     trigger = trigger_from(headers)
-    schedule = cut_error(headers.get("periodic_task_name") or "")[:200]
+    schedule = _text(headers.get("periodic_task_name"), 200)
     return {
         "trigger": trigger,
         "periodic_task_name": schedule,
-        "requested_by": cut_error(headers.get(REQUESTED_BY_HEADER) or "")[:150],
-        "celery_task_id": cut_error(task_id or "")[:255],
+        "requested_by": _text(headers.get(REQUESTED_BY_HEADER), 150),
+        "celery_task_id": _text(task_id, 255),
         # Beat runs what an admin last saved: name them on the run.
         "schedule_changed_by": last_changed_by(schedule) if trigger == Trigger.BEAT else "",
+        "sent_by": _text(headers.get(SENT_BY_HEADER), 200),
+        "triggered_at": _moment(headers.get(DUE_AT_HEADER)),
     }
+
+
+def _text(value, limit: int) -> str:
+    return cut_error(value if isinstance(value, str) else "")[:limit]
+
+
+def _moment(value) -> datetime | None:
+    """A header's ISO time, only if it is one with a zone; anything else is ignored."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None and moment.utcoffset() is not None else None
 
 
 def _refusal(kwargs, args) -> str | None:
@@ -61,13 +86,21 @@ def run_from_task(
     run that says why. A partitioned run is not run here: `send` sends its partitions,
     each to be run by its own message."""
     kwargs = dict(kwargs)
+    task_id = _text(task_id, 255)  # as stored: a NUL or a newline in it cannot reach SQL
     if "partition" in kwargs and "run_id" in kwargs:
         return _run_partition(operation_name, kwargs, task_id, budget, worker)
     origin = _origin(headers, task_id)
     problem = _refusal(kwargs, args)
     if problem is not None:
         given = {**kwargs, "<args>": list(args)} if args else kwargs
-        return run_summary(record_rejected(operation_name, given, problem, **origin))
+        return run_summary(
+            _once(
+                operation_name,
+                task_id,
+                origin,
+                lambda: record_rejected(operation_name, given, problem, **origin),
+            )
+        )
     by_id = "run_id" in kwargs
     run_id = kwargs.pop("run_id", None)
     if by_id:
@@ -80,15 +113,33 @@ def run_from_task(
     else:
         run = _redelivered_run(operation_name, task_id)
     if run is None:
-        try:
-            run = create_run(operation_name, kwargs, **origin)
-        except (ParameterError, TypeError) as error:
-            return run_summary(record_rejected(operation_name, kwargs, error, **origin))
+        run = _once(
+            operation_name, task_id, origin, lambda: _new_run(operation_name, kwargs, origin)
+        )
     if run.is_partitioned and send is not None:
         if run.status == MaintenanceRun.Status.QUEUED:
             send(run)  # one message per queued partition
         return run_summary(run)
     return run_summary(execute(run, budget=budget, worker=worker))
+
+
+def _new_run(operation_name, kwargs, origin) -> MaintenanceRun:
+    try:
+        return create_run(operation_name, kwargs, **origin)
+    except (ParameterError, TypeError) as error:
+        return record_rejected(operation_name, kwargs, error, **origin)
+
+
+def _once(operation_name, task_id, origin, make) -> MaintenanceRun:
+    """One run per message (engine/messages.py), however often it is delivered."""
+    return messages.once_per_message(
+        origin["celery_task_id"],
+        make,
+        operation=str(operation_name),
+        periodic_task_name=origin["periodic_task_name"],
+        sent_by=origin["sent_by"],
+        due_at=origin["triggered_at"],
+    )
 
 
 def _run_partition(operation_name, kwargs, task_id, budget, worker):

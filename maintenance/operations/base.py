@@ -178,6 +178,9 @@ class Operation:
     # Whether `maintenance_run revert` can undo its runs from what they recorded (each
     # fixed finding's before and after, each batch's written values).
     revertable = True
+    # Whether a run that finds the same work (same parameters) succeeded after it was
+    # triggered is skipped as coalesced into that run instead of doing it again.
+    coalesces = True
 
     def rules_checked(self, params: dict) -> list[str]:
         """The integrity rules a run with `params` checks over its whole scope: its open

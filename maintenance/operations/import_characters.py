@@ -66,6 +66,8 @@ class ImportCharacters(Operation):
     name = "import_characters"
     # It creates and updates characters and ledgers from a file: undo it by hand.
     revertable = False
+    # The file may hold new lines by now: an import is never done "already".
+    coalesces = False
     description = "Import characters and their XP ledgers from a JSON Lines file."
     parameters = (
         Parameter(

@@ -26,7 +26,7 @@ from django.db.models.functions import Coalesce
 from maintenance.engine.findings_over_time import _scope, previous_run, resume_chain
 from maintenance.engine.iteration import Batch, KeysetWalk
 from maintenance.engine.states import FINISHED, Status
-from maintenance.models import Finding, MaintenanceRun, RunBatch, RunPartition
+from maintenance.models import Finding, MaintenanceRun, RunBatch, RunPartition, TaskMessage
 from maintenance.operations.base import Operation, Outcome, ParameterError
 from maintenance.operations.common import cutoff_of, older_than_days
 from maintenance.operations.registry import all_operations, register
@@ -125,7 +125,7 @@ def _still_finished(ids: list[int], lock: bool) -> list[int]:
 def _delete(run_ids: list[int]) -> None:
     # The children first, each one set-based DELETE; the runs' own delete is then left
     # only to clear what other runs point at (skipped_because_of is SET_NULL).
-    for model in (Finding, RunBatch, RunPartition):
+    for model in (Finding, RunBatch, RunPartition, TaskMessage):
         model.objects.filter(run_id__in=run_ids).delete()
     MaintenanceRun.objects.filter(pk__in=run_ids).delete()
 

@@ -1,0 +1,1 @@
+"""Beat's side of scheduling: which beat leads, and which due times have been sent."""
