@@ -2,6 +2,9 @@
 
 Per operation: the last run, the last success, failures in the period, and whether it
 is overdue against its own schedule. Then the heartbeat, and counts of the game data.
+Then stuck work, for when the sweeper does not fix it: runs past their lease, runs queued
+too long, the broker (and the depth of the maintenance queue), and schedules whose due
+time passed with no run recorded (`missed_due`, long before `overdue` fires).
 
 A schedule that cannot be evaluated (a solar schedule without `ephem`, a clocked time
 that has passed, an unknown time zone, an invalid crontab field) makes its operation's
@@ -16,15 +19,17 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Max, Q, Sum
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from chronicles.models import Character, Chronicle, Scene
 from maintenance import heartbeat, operations
+from maintenance.engine import leases, partitions
 from maintenance.engine.findings_over_time import resume_chain
 from maintenance.engine.states import ACTIVE
-from maintenance.models import Finding, MaintenanceRun
+from maintenance.models import Finding, MaintenanceRun, RunPartition, TaskMessage
+from maintenance.observability import queue as broker_queue
 from maintenance.reporting import throttle_text, throttled_now
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
@@ -294,6 +299,239 @@ def new_findings(since) -> tuple[dict, Check]:
     return {"new_in_period": new, "resolved_in_period": resolved}, check
 
 
+# --- stuck work: what the sweeper should have fixed, and the broker -------------------
+
+LEASE_EXPIRED, NOT_STARTED = "lease_expired", "not_started"
+STUCK_SHOWN = 5  # units named in one check line; the rest are counted
+STUCK_LIMIT = 100  # units of each kind listed in the JSON
+# The heartbeat has its own check, and records no runs to look for.
+HEARTBEAT_TASK = "maintenance.heartbeat"
+# Beat stamps last_run_at as it sends, a moment after the due time it sends for.
+BEAT_SLACK = timedelta(seconds=60)
+
+
+@dataclass
+class Stuck:
+    run_id: int
+    partition: int | None  # the partition's number; None: the run itself
+    operation: str
+    status: str
+    since: datetime | None  # the last heartbeat (or start), or when it was queued
+    reason: str
+
+    def label(self) -> str:
+        unit = f"run #{self.run_id}"
+        if self.partition is not None:
+            unit = f"partition {self.partition} of {unit}"
+        return f"{unit} {one_line(self.operation, 64)} {self.status}"
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "since": _iso(self.since)}
+
+
+def _stuck(unit, reason: str, since: datetime | None) -> Stuck:
+    number = unit.number if isinstance(unit, RunPartition) else None
+    run_id = unit.run_id if isinstance(unit, RunPartition) else unit.pk
+    return Stuck(run_id, number, unit.operation, unit.status, since, reason)
+
+
+def _no_sign_of_life_since(cutoff: datetime) -> Q:
+    # As leases.is_dead: the last heartbeat, else the start; neither at all is dead too.
+    silent = Q(heartbeat_at__isnull=True) & (Q(started_at__lt=cutoff) | Q(started_at__isnull=True))
+    return Q(heartbeat_at__lt=cutoff) | silent
+
+
+def _split_run_at_rest(run: MaintenanceRun, cutoff: datetime) -> Stuck | None:
+    """A partitioned run lives in its partitions. None waiting or working, and nothing
+    done within the lease: the settle that should have ended it was lost."""
+    units = RunPartition.objects.filter(run_id=run.pk)
+    if units.filter(status__in=(*partitions.PENDING, *ACTIVE)).exists():
+        return None  # waiting ones are stuck_queued's; working ones are judged alone
+    signs = units.aggregate(beat=Max("heartbeat_at"), done=Max("finished_at"))
+    moments = (signs["beat"], signs["done"], run.heartbeat_at, run.started_at)
+    last = max((moment for moment in moments if moment), default=None)
+    if last is not None and last >= cutoff:
+        return None
+    return _stuck(run, LEASE_EXPIRED, last)
+
+
+def expired_leases(now: datetime) -> tuple[list[Stuck], int]:
+    """Runs and partitions running, pausing or cancelling with no heartbeat within the
+    lease (at most STUCK_LIMIT of each kind, oldest first), and how many in all."""
+    cutoff = now - leases.lease()
+    dead = _no_sign_of_life_since(cutoff)
+    runs = MaintenanceRun.objects.filter(dead, status__in=ACTIVE, partitions=1)
+    units = RunPartition.objects.filter(dead, status__in=ACTIVE).select_related("run")
+    found = [
+        _stuck(unit, LEASE_EXPIRED, unit.heartbeat_at or unit.started_at)
+        for query in (runs, units)
+        for unit in query.order_by(F("heartbeat_at").asc(nulls_first=True), "pk")[:STUCK_LIMIT]
+    ]
+    total = runs.count() + units.count()
+    split = MaintenanceRun.objects.filter(status__in=ACTIVE, partitions__gt=1).order_by("pk")
+    for run in split[:STUCK_LIMIT]:  # one active run per operation: a handful
+        if (at_rest := _split_run_at_rest(run, cutoff)) is not None:
+            found.append(at_rest)
+            total += 1
+    return found, total
+
+
+def not_started(now: datetime) -> tuple[list[Stuck], int]:
+    """Runs and partitions queued longer than MAINTENANCE_REQUEUE_AFTER_SECONDS that no
+    worker started: the ones the sweeper re-sends (at most STUCK_LIMIT of each kind)."""
+    cutoff = now - timedelta(seconds=settings.MAINTENANCE_REQUEUE_AFTER_SECONDS)
+    runs = MaintenanceRun.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
+    units = RunPartition.objects.filter(
+        status=Status.QUEUED, queued_at__lt=cutoff, run__status=Status.RUNNING
+    ).select_related("run")
+    found = [
+        _stuck(unit, NOT_STARTED, unit.queued_at)
+        for query in (runs, units)
+        for unit in query.order_by("queued_at", "pk")[:STUCK_LIMIT]
+    ]
+    return found, runs.count() + units.count()
+
+
+def _oldest_first(stuck: list[Stuck]) -> list[Stuck]:
+    # No sign of life at all first: it has been silent longest.
+    return sorted(stuck, key=lambda s: (s.since is not None, s.since.timestamp() if s.since else 0))
+
+
+def _to_second(moment: datetime | None) -> datetime | None:
+    # Shown to people: to the nearest second.
+    if moment is None:
+        return None
+    return (moment + timedelta(milliseconds=500)).replace(microsecond=0)
+
+
+def _listing(stuck: list[Stuck], total: int, since_text: str) -> str:
+    shown = [
+        f"{s.label()}{since_text} {_iso(_to_second(s.since))}"
+        if s.since
+        else f"{s.label()}, no heartbeat or start recorded"
+        for s in stuck[:STUCK_SHOWN]
+    ]
+    if total > len(shown):
+        shown.append(f"and {total - len(shown):,} more")
+    return "; ".join(shown)
+
+
+def stuck_checks(now: datetime) -> tuple[list[Stuck], list[Check]]:
+    dead, dead_total = expired_leases(now)
+    waiting, waiting_total = not_started(now)
+    dead, waiting = _oldest_first(dead), _oldest_first(waiting)
+    lease_s = settings.MAINTENANCE_LEASE_SECONDS
+    requeue_s = settings.MAINTENANCE_REQUEUE_AFTER_SECONDS
+    if dead_total:
+        detail = f"{dead_total:,} past the {lease_s}s lease, not interrupted: "
+        running = Check(
+            "stuck_running", CRITICAL, detail + _listing(dead, dead_total, ", last heartbeat")
+        )
+    else:
+        running = Check("stuck_running", OK, f"no run or partition past the {lease_s}s lease")
+    if waiting_total:
+        detail = f"{waiting_total:,} queued over {requeue_s}s, not started: "
+        queued = Check("stuck_queued", WARNING, detail + _listing(waiting, waiting_total, " since"))
+    else:
+        queued = Check("stuck_queued", OK, f"no run or partition queued over {requeue_s}s")
+    return [*dead, *waiting], [running, queued]
+
+
+def broker_check(state: broker_queue.BrokerState) -> Check:
+    queue = settings.MAINTENANCE_QUEUE
+    if not state.reachable:
+        return Check("broker", CRITICAL, state.error)
+    if state.depth is None:
+        detail = (
+            f"{state.url} answers, but the depth of queue {queue} is unknown: {state.depth_error}"
+        )
+        return Check("broker", WARNING, detail)
+    return Check("broker", OK, f"{state.url} answers; {state.depth:,} waiting in queue {queue}")
+
+
+def _in_force_since(task: PeriodicTask) -> datetime:
+    """Since when the schedule has been in force as it is: its last change (creation,
+    edit). Beat's own save of last_run_at changes date_changed too, so once beat has
+    sent the schedule, a little before that send counts instead."""
+    if task.last_run_at is None:
+        return task.date_changed
+    return min(task.date_changed, task.last_run_at - BEAT_SLACK)
+
+
+def missed_due_at(task: PeriodicTask, now: datetime, grace: timedelta) -> datetime | None:
+    """The first due time after the schedule's latest run (any status), or after it came
+    into force, when that passed more than `grace` ago: no run was recorded for it. Raises
+    what evaluating the schedule raises."""
+    runs = MaintenanceRun.objects.filter(periodic_task_name=task.name)
+    last_run = runs.aggregate(last=Max("created_at"))["last"]
+    reference = max(moment for moment in (last_run, _in_force_since(task)) if moment)
+    due = _due(task, reference, now)
+    if task.start_time and due < task.start_time:
+        due = task.start_time  # beat sends nothing before it, then at once
+    if task.expires and due >= task.expires:
+        return None
+    if task.one_off and task.total_run_count:
+        return None  # sent once already: beat disables it
+    return due if now > due + grace else None
+
+
+def _sent_for(name: str, due: datetime) -> TaskMessage | None:
+    """Beat's record of having sent the schedule's due time `due` (or a later one)."""
+    return (
+        TaskMessage.objects.filter(periodic_task_name=name, due_at__gte=due)
+        .order_by("due_at")
+        .first()
+    )
+
+
+def missed_due_check(now: datetime) -> Check:
+    """CRITICAL for a due time nobody sent; WARNING for one beat sent that no worker has
+    taken yet (queued behind long runs, or no worker at all)."""
+    grace = timedelta(seconds=settings.MAINTENANCE_MISSED_DUE_GRACE_SECONDS)
+    rows = (
+        PeriodicTask.objects.filter(enabled=True, task__startswith="maintenance.")
+        .exclude(task=HEARTBEAT_TASK)
+        .order_by("name")
+    )
+    checked, unsent, untaken = 0, [], []
+    for pk, name in rows.values_list("pk", "name"):
+        try:
+            task = PeriodicTask.objects.select_related(
+                "interval", "crontab", "solar", "clocked"
+            ).get(pk=pk)
+            due = missed_due_at(task, now, grace)
+        except DatabaseError:
+            raise  # the database itself: the whole report is UNKNOWN
+        except Exception:
+            continue  # cannot be evaluated: its operation's check says so (UNKNOWN)
+        checked += 1
+        if due is None:
+            continue
+        sent = _sent_for(name, due)
+        shown = f"{one_line(name, 200)!r} due {_iso(_to_second(due))}"
+        if sent is None:
+            unsent.append((due, shown))
+        else:
+            by = one_line(sent.sent_by or "?", 200)
+            untaken.append((due, f"{shown} (sent by beat {by})"))
+    if not unsent and not untaken:
+        return Check("missed_due", OK, f"{checked:,} schedules: no due time without a run")
+    grace_s = int(grace.total_seconds())
+    parts = []
+    if unsent:
+        parts.append(f"no run recorded {grace_s}s after the due time: " + _capped(unsent))
+    if untaken:
+        parts.append(f"sent, but no worker has taken it in {grace_s}s: " + _capped(untaken))
+    return Check("missed_due", CRITICAL if unsent else WARNING, "; ".join(parts))
+
+
+def _capped(found: list[tuple[datetime, str]]) -> str:
+    shown = [text for _, text in sorted(found)[:STUCK_SHOWN]]
+    if len(found) > len(shown):
+        shown.append(f"and {len(found) - len(shown):,} more")
+    return "; ".join(shown)
+
+
 def collect(period_hours, now=None):
     now = now or timezone.now()
     since = now - timedelta(hours=period_hours)
@@ -308,6 +546,11 @@ def collect(period_hours, now=None):
     trend, trend_check = new_findings(since)
     findings |= trend
     checks.append(trend_check)
+    broker = broker_queue.probe()
+    checks.append(broker_check(broker))
+    stuck, stuck_found = stuck_checks(now)
+    checks.extend(stuck_found)
+    checks.append(missed_due_check(now))
     return {
         "timestamp": _iso(now),
         "period_hours": period_hours,
@@ -322,4 +565,6 @@ def collect(period_hours, now=None):
         "chronicles": chronicles,
         "scenes": scenes,
         "findings": findings,
+        "queue_depth": broker.depth,
+        "stuck": [unit.as_json() for unit in stuck],
     }

@@ -59,3 +59,13 @@ def broker_queue():
         redis.delete(queue)
         yield redis
         redis.delete(queue)
+
+
+@pytest.fixture
+def broker_answers(monkeypatch):
+    """For monitoring tests about other checks: the broker (a check of its own, tested
+    in tests/test_monitor_stuck.py) answers, even in the default suite with no server."""
+    from maintenance.observability import queue
+
+    answer = queue.BrokerState("redis://broker.test:6379/0", depth=0)
+    monkeypatch.setattr(queue, "probe", lambda: answer)

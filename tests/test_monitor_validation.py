@@ -16,7 +16,7 @@ from maintenance.models import Heartbeat, MaintenanceRun
 from maintenance.schedules import seed
 from tests import factories
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker_answers")]
 OPERATIONS = ("archive_old_scenes", "recalculate_xp", "validate_data_integrity")
 KEYS = {
     "timestamp",

@@ -33,7 +33,7 @@ from maintenance.heartbeat import NAME
 from maintenance.models import Finding, Heartbeat, MaintenanceRun
 from maintenance.monitoring import DETAIL_LIMIT, collect
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("broker_answers")]
 HYPOTHESIS = settings(
     max_examples=50,
     deadline=None,

@@ -206,6 +206,10 @@ MAINTENANCE_HEARTBEAT_STALE_SECONDS = env.integer(
 )
 # An operation is overdue when no run succeeded within its schedule's period plus this.
 MAINTENANCE_OVERDUE_GRACE_HOURS = env.number("MAINTENANCE_OVERDUE_GRACE_HOURS", 2, 0, 24 * 366)
+# monitor_validation: a schedule's due time with no run recorded this long after is CRITICAL.
+MAINTENANCE_MISSED_DUE_GRACE_SECONDS = env.integer(
+    "MAINTENANCE_MISSED_DUE_GRACE_SECONDS", 600, 60, 7 * DAY
+)
 # import_characters refuses files larger than this (bytes).
 MAINTENANCE_IMPORT_MAX_BYTES = env.integer(
     "MAINTENANCE_IMPORT_MAX_BYTES", 200 * 1024 * 1024, 1, 1024**4

@@ -3,13 +3,15 @@
 Exit codes follow the Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, and 3
 UNKNOWN when the health cannot be determined (bad usage, database unreachable, a
 schedule that cannot be evaluated). CRITICAL outranks UNKNOWN. Whatever goes wrong, the
-output is one line, never a traceback."""
+output is one line, never a traceback. Stuck work (runs past their lease or queued too
+long, the broker, missed due times) is a check each; see maintenance/monitoring.py."""
 
 import argparse
 import json
 import re
 import sys
 
+from django.conf import settings
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
@@ -100,6 +102,9 @@ class Command(OneLineErrorsCommand):
                 f"  {name}: {info['runs_in_period']} runs, {info['failures_in_period']} failed "
                 "in the period"
             )
+        depth = report["queue_depth"]
+        waiting = "unknown" if depth is None else f"{depth:,} waiting"
+        self.stdout.write(f"Queue {settings.MAINTENANCE_QUEUE}: {waiting}")
         c, ch, s, f = (report[k] for k in ("characters", "chronicles", "scenes", "findings"))
         self.stdout.write(
             f"Characters: {c['total']:,} ({c['created_in_period']:,} created, "
