@@ -8,12 +8,14 @@ import threading
 import time
 import traceback
 
-from django.db import DatabaseError, InterfaceError
+from django.db import InterfaceError, OperationalError
 
 from maintenance import oneline
 
 logger = logging.getLogger(__name__)
-OUTAGE_ERRORS = (DatabaseError, InterfaceError)
+# What a database that does not answer raises; a DataError or ProgrammingError is a bug
+# or bad data, never an outage to wait out.
+OUTAGE_ERRORS = (OperationalError, InterfaceError)
 
 
 class Outage:

@@ -1,9 +1,11 @@
 """The default schedules, seeded into django-celery-beat without ever overwriting what
 an admin has edited, and reading an operation's schedule back for monitoring."""
 
+import contextlib
 import copy
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 from celery.schedules import schedstate
@@ -31,6 +33,8 @@ SCHEDULE_ERROR_KWARG = "maintenance_schedule_error"
 SENT_BY_HEADER = "maintenance_sent_by"
 DUE_AT_HEADER = "maintenance_due_at"
 UNRECORDED_TASKS = ("maintenance.heartbeat", "maintenance.ping")
+# A due task the broker did not take is tried again this often.
+SEND_RETRY_SECONDS = 5.0
 logger = logging.getLogger(__name__)
 # django-celery-beat logs each database error of its scheduler with a traceback.
 quiet_outages_of("django_celery_beat.schedulers", "celery.beat")
@@ -213,6 +217,7 @@ class MaintenanceScheduler(DatabaseScheduler):
         self.instance = leader.instance_name()
         self.leadership = leader.Leadership(self.instance, settings.MAINTENANCE_BEAT_LEASE_SECONDS)
         self._decided: dict[str, sends.Decision] = {}
+        self._send_failed_at: dict[str, float] = {}  # monotonic time, by entry name
         super().__init__(*args, **kwargs)
 
     def tick(self, *args, **kwargs):
@@ -222,12 +227,19 @@ class MaintenanceScheduler(DatabaseScheduler):
         if not was_leading:
             # Read the schedule afresh: the last leader's last_run_at and any edits.
             self._initial_read, self._heap = True, None
-        return super().tick(*args, **kwargs)
+        # Wake in time to renew the lead, however far off the next due task is.
+        return min(super().tick(*args, **kwargs), self.leadership.check_every)
 
     def is_due(self, entry):
         state = super().is_due(entry)
         if not state.is_due or not sends_once(entry.task):
             return state
+        failed_at = self._send_failed_at.get(entry.name)
+        if failed_at is not None and time.monotonic() - failed_at < SEND_RETRY_SECONDS:
+            return schedstate(False, SEND_RETRY_SECONDS)
+        if not self.leadership.confirm():
+            self.leadership.leading = False  # the next tick looks again
+            return schedstate(False, self.leadership.check_every)
         decision = sends.decide(
             entry.name, entry.task, entry.schedule, timezone.now(), self.instance
         )
@@ -256,9 +268,33 @@ class MaintenanceScheduler(DatabaseScheduler):
             "soft_time_limit": None,
         }
         try:
-            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+            sent = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        except Exception as error:  # the broker did not take it: the due time is not sent
+            self._send_again_soon(entry, decision, error)
+            return None
         finally:
             entry.options = given
+        self._send_failed_at.pop(entry.name, None)
+        return sent
+
+    def _send_again_soon(self, entry, decision: sends.Decision, error: Exception) -> None:
+        """Forget the record of the due time and make the entry due again, so the next
+        tick tries again: one line per try, until the broker takes it."""
+        # If the record cannot be forgotten, the task id still follows from the due
+        # time: the workers make one run of it once it is sent.
+        with contextlib.suppress(DatabaseError):
+            sends.unsent(decision)
+        self._send_failed_at[entry.name] = time.monotonic()
+        current = (self._schedule or {}).get(entry.name)
+        if current is not None:
+            current.last_run_at = current.model.last_run_at = entry.last_run_at
+        self._heap = None  # rebuilt from the schedule at the next tick
+        logger.warning(
+            "beat could not send %r due at %s, tries again: %s",
+            entry.name,
+            decision.due_at.isoformat(timespec="seconds"),
+            oneline.describe(getattr(error, "__cause__", None) or error),
+        )
 
     def install_default_entries(self, data):
         super().install_default_entries(data)

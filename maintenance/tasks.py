@@ -197,7 +197,10 @@ def _wait_for_the_database(task, error: Exception):
     delay = min(DB_RETRY_MAX_SECONDS, DB_RETRY_FIRST_SECONDS * 2 ** min(tries, 16))
     OUTAGE.failed(error)
     given = _headers(task.request)
-    since = given[OUTAGE_SINCE_HEADER] or timezone.now().isoformat()
+    since = given[OUTAGE_SINCE_HEADER]
+    if not isinstance(since, str) or len(since) > 64:
+        since = timezone.now().isoformat()
+    since = oneline.escape(since)
     headers = {name: value for name, value in given.items() if value}
     headers[OUTAGE_SINCE_HEADER] = since
     reason = DatabaseUnavailable(
@@ -208,13 +211,13 @@ def _wait_for_the_database(task, error: Exception):
 
 def _answered_after_outage(task) -> None:
     since = _headers(task.request)[OUTAGE_SINCE_HEADER]
-    if task.request.retries and since:
+    if task.request.retries and isinstance(since, str):
         logger.info(
             "%s[%s] got through after %d tries: the database did not answer from %s",
             task.name,
-            task.request.id,
+            oneline.escape(str(task.request.id))[:255],
             task.request.retries,
-            since,
+            oneline.escape(since)[:64],
         )
     OUTAGE.answered()
 

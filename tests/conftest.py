@@ -69,3 +69,24 @@ def broker_answers(monkeypatch):
 
     answer = queue.BrokerState("redis://broker.test:6379/0", depth=0)
     monkeypatch.setattr(queue, "probe", lambda: answer)
+
+
+@pytest.fixture
+def beat_scheduler():
+    """Makes MaintenanceSchedulers as `celery beat` does, and retires them after the
+    test: their lead is handed back, and the sync django-celery-beat registers for the
+    process's exit (when the test database is long gone) is cancelled."""
+    from maintenance.schedules import MaintenanceScheduler
+    from worker.celery import app
+
+    made = []
+
+    def make(**options):
+        scheduler = MaintenanceScheduler(app=app, **options)
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler._finalize.cancel()
+        scheduler.leadership.release()

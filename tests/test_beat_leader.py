@@ -17,9 +17,7 @@ from hypothesis import strategies as st
 from maintenance.beat import due, sends
 from maintenance.beat.leader import LOCK_NAME, Leadership
 from maintenance.models import BeatLeader, TaskMessage
-from maintenance.schedules import MaintenanceScheduler
 from tests.properties import HYPOTHESIS
-from worker.celery import app
 
 NOON = datetime(2026, 12, 3, 12, 0, 30, tzinfo=UTC)  # a Thursday
 
@@ -161,23 +159,19 @@ def _every_minute_task(name="every minute xp"):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_schedulers_one_leads_and_a_due_entry_is_sent_by_the_leader_only():
+def test_two_schedulers_one_leads_and_a_due_entry_is_sent_by_the_leader_only(beat_scheduler):
     _every_minute_task()
-    leader = MaintenanceScheduler(app=app, lazy=True)
-    standby = MaintenanceScheduler(app=app, lazy=True)
-    try:
-        assert leader.leadership.holds() and not standby.leadership.holds()
-        entry = leader.schedule["every minute xp"]
-        entry.last_run_at = timezone.now() - timedelta(minutes=5)
-        assert leader.is_due(entry).is_due
-        # The same entry, found due again (a stale last_run_at): not sent twice.
-        assert not leader.is_due(entry).is_due
-        message = TaskMessage.objects.get()
-        assert message.sent_by == leader.instance
-        assert message.periodic_task_name == "every minute xp"
-    finally:
-        leader.leadership.release()
-        standby.leadership.release()
+    leader = beat_scheduler(lazy=True)
+    standby = beat_scheduler(lazy=True)
+    assert leader.leadership.holds() and not standby.leadership.holds()
+    entry = leader.schedule["every minute xp"]
+    entry.last_run_at = timezone.now() - timedelta(minutes=5)
+    assert leader.is_due(entry).is_due
+    # The same entry, found due again (a stale last_run_at): not sent twice.
+    assert not leader.is_due(entry).is_due
+    message = TaskMessage.objects.get()
+    assert message.sent_by == leader.instance
+    assert message.periodic_task_name == "every minute xp"
 
 
 @pytest.mark.django_db
@@ -201,3 +195,58 @@ def test_beats_deciding_in_any_order_send_each_due_time_once(steps, cron):
         assert all(due.second == 0 and due.microsecond == 0 for due in dues)
     # However the beats interleave, two due times are at least an interval apart.
     assert all(gap >= timedelta(seconds=60) for gap in gaps), dues
+
+
+# --- what the adversarial review found ---
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_due_time_the_broker_did_not_take_is_sent_at_the_next_try(monkeypatch, beat_scheduler):
+    from celery.app.task import Task
+    from kombu.exceptions import OperationalError as BrokerDown
+
+    _every_minute_task()
+    scheduler = beat_scheduler(lazy=True)
+    assert scheduler.leadership.holds()
+    entry = scheduler.schedule["every minute xp"]
+    entry.last_run_at = timezone.now() - timedelta(minutes=5)
+    sent = []
+
+    def broker_down(self, *args, **kwargs):
+        raise BrokerDown("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(Task, "apply_async", broker_down)
+    assert scheduler.is_due(entry).is_due
+    scheduler.reserve(entry)  # as beat's tick does, then it sends
+    scheduler.apply_entry(entry)
+    assert not TaskMessage.objects.exists()  # not sent: not recorded as sent
+    assert not scheduler.is_due(entry).is_due  # tried again after a pause, not at once
+
+    monkeypatch.setattr(Task, "apply_async", lambda self, *a, **k: sent.append(k) or "ok")
+    scheduler._send_failed_at.clear()
+    entry = scheduler._schedule["every minute xp"]
+    assert scheduler.is_due(entry).is_due  # still due: its last_run_at was put back
+    scheduler.reserve(entry)
+    scheduler.apply_entry(entry)
+    [options] = sent
+    assert options.get("task_id") == TaskMessage.objects.get().task_id, options
+
+
+@pytest.mark.django_db
+def test_a_clocked_schedule_is_sent_once_whoever_finds_it_due():
+    from django_celery_beat.clockedschedule import clocked
+
+    at = clocked(NOON)
+    first = sends.decide("once", "maintenance.recalculate_xp", at, NOON + timedelta(seconds=1), "a")
+    again = sends.decide(
+        "once", "maintenance.recalculate_xp", at, NOON + timedelta(seconds=40), "b"
+    )
+    assert first.send and first.due_at == NOON and not again.send
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_leader_wakes_in_time_to_renew_a_short_lease(beat_scheduler):
+    scheduler = beat_scheduler(lazy=True)
+    scheduler.leadership = Leadership(scheduler.instance, 3)
+    assert scheduler.tick() <= 1.0
+    assert scheduler.tick() <= 1.0

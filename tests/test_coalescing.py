@@ -157,3 +157,49 @@ def test_hostile_beat_headers_never_break_a_delivery(due_at, sent_by, task_id):
     assert run.sent_by == (cut_error(sent_by)[:200] if isinstance(sent_by, str) else "")
     if run.triggered_at is not None:
         assert run.triggered_at.tzinfo is not None
+
+
+def test_duplicates_the_sweeper_sent_again_still_coalesce():
+    from maintenance.engine.sweeper import sweep
+
+    first, duplicate = _queued(), _queued()
+    long_ago = timezone.now() - timedelta(hours=1)
+    MaintenanceRun.objects.filter(pk=duplicate.pk).update(created_at=long_ago, queued_at=long_ago)
+    assert duplicate.pk in sweep(send=lambda run: None).resent
+    execute(first)
+    duplicate = execute(MaintenanceRun.objects.get(pk=duplicate.pk))
+    assert (duplicate.status, duplicate.skipped_because_of_id) == (Status.SKIPPED, first.pk)
+
+
+def test_a_late_copy_of_a_beat_message_does_not_run_a_run_sent_anew():
+    summary = task_summary(xp_task.apply(kwargs={}, task_id="beat-original"))
+    run = MaintenanceRun.objects.get(pk=summary["run_id"])
+    # Re-queued after a slice: the run now answers to a new message only.
+    MaintenanceRun.objects.filter(pk=run.pk).update(
+        status=Status.QUEUED, celery_task_id="sent-anew", finished_at=None
+    )
+    task_summary(xp_task.apply(kwargs={}, task_id="beat-original"))
+    run.refresh_from_db()
+    assert run.status == Status.QUEUED and run.attempts == 1
+
+
+@pytest.mark.parametrize(
+    "due_at",
+    [
+        timedelta(days=30),  # the future: would make beat skip the schedule
+        -timedelta(days=30),  # long ago: would coalesce into any old success
+    ],
+)
+def test_a_due_time_out_of_bounds_is_ignored(due_at):
+    forged = (timezone.now() + due_at).isoformat()
+    headers = {"periodic_task_name": "x", DUE_AT_HEADER: forged}
+    summary = task_summary(xp_task.apply(kwargs={}, headers=headers, task_id="forged"))
+    run = MaintenanceRun.objects.get(pk=summary["run_id"])
+    assert run.triggered_at is None and run.status == Status.SUCCEEDED
+    assert TaskMessage.objects.get(task_id="forged").due_at is None
+
+
+def test_a_due_time_counts_only_for_a_schedule_message():
+    headers = {DUE_AT_HEADER: timezone.now().isoformat()}
+    summary = task_summary(xp_task.apply(kwargs={}, headers=headers, task_id="api"))
+    assert MaintenanceRun.objects.get(pk=summary["run_id"]).triggered_at is None

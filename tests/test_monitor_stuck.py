@@ -31,23 +31,13 @@ from maintenance.monitoring import DETAIL_LIMIT, collect
 from maintenance.observability import queue
 from maintenance.schedules import seed
 from tests.properties import HYPOTHESIS
+from tests.test_monitor_validation import monitor
 
 pytestmark = pytest.mark.django_db
 EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 OPERATIONS = [op.name for op in operations.all_operations()]
 ACTIVE = ("running", "pausing", "cancelling")
 SCHEDULED = ("archive_old_scenes", "recalculate_xp", "validate_data_integrity", "purge_history")
-
-
-def monitor(*args: str) -> tuple[int, dict]:
-    """(exit code, JSON report) of the command itself."""
-    out = StringIO()
-    try:
-        call_command("monitor_validation", "--json", *args, stdout=out)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, json.loads(out.getvalue())
 
 
 def text_monitor() -> tuple[int, str]:

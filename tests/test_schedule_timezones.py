@@ -130,16 +130,15 @@ def test_a_beat_started_after_seeding_may_take_a_seeded_row_and_is_split_off_aga
     assert task(ARCHIVE).crontab_id != task(CLEANUP).crontab_id == archive_row
 
 
-@pytest.mark.django_db
-def test_beat_starting_puts_backend_cleanup_on_a_row_of_its_own_without_new_rows_each_time():
-    from maintenance.schedules import MaintenanceScheduler
-
+@pytest.mark.django_db(transaction=True)  # beat closes old connections as it reads
+def test_beat_starting_puts_backend_cleanup_on_a_row_of_its_own_without_new_rows_each_time(
+    beat_scheduler,
+):
     seed()
     archive_row = task(ARCHIVE).crontab_id
     rows = []
     for _ in range(3):  # beat started three times
-        scheduler = MaintenanceScheduler(app=app)
-        scheduler.leadership.release()
+        beat_scheduler().leadership.release()
         rows.append(CrontabSchedule.objects.count())
         assert task(CLEANUP).crontab_id != archive_row
         assert task(ARCHIVE).crontab_id == archive_row

@@ -17,7 +17,6 @@ from chronicles.testdata.generator import Options, generate
 from maintenance import operations
 from maintenance.engine.runs import ERROR_LIMIT
 from maintenance.models import MaintenanceRun
-from maintenance.schedules import MaintenanceScheduler
 from maintenance.tasks import OPERATION_TASKS
 from tests.test_hostile_input import game_data
 from worker.celery import app
@@ -133,7 +132,7 @@ def usable(operation: str, args_text: str, kwargs_text: str, headers_text: str) 
     headers_text=st.one_of(st.just("{}"), stored_text.filter(bool)),  # the column is NOT NULL
 )
 def test_a_schedule_with_hostile_text_is_one_failed_run_not_a_disabled_schedule(
-    data, operation, args_text, kwargs_text, headers_text
+    data, beat_scheduler, operation, args_text, kwargs_text, headers_text
 ):
     assume(not usable(operation, args_text, kwargs_text, headers_text))
     every_minute, _ = IntervalSchedule.objects.get_or_create(every=60, period="seconds")
@@ -148,7 +147,7 @@ def test_a_schedule_with_hostile_text_is_one_failed_run_not_a_disabled_schedule(
     before = list(MaintenanceRun.objects.values_list("pk", flat=True))
 
     # What beat does: read every enabled row into an entry, then send the entry.
-    entry = MaintenanceScheduler(app=app, lazy=True).all_as_schedule()["hostile schedule"]
+    entry = beat_scheduler(lazy=True).all_as_schedule()["hostile schedule"]
     result = app.tasks[entry.task].apply(
         args=entry.args, kwargs=entry.kwargs, headers=entry.options["headers"]
     )

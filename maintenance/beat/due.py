@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 
-from celery.schedules import crontab, schedule
+from celery.schedules import crontab, schedule, solar
 
 # A crontab limited to a rare day (29 February, a weekday in one month) fires within
 # this many days back, or is treated as not due.
@@ -41,13 +41,18 @@ def due_time(entry_schedule, now: datetime, last_sent: datetime | None) -> datet
     """The due time a beat that finds `entry_schedule` due at `now` would send, or None
     when the last one sent (by any beat) is not an interval ago yet.
 
-    A crontab: its latest fire time. An interval: one interval after the last due time
-    sent, or now when none was sent or that is more than an interval ago. Anything else
-    (solar, clocked): now, to the second."""
+    A crontab: its latest fire time. A clocked schedule: its time. An interval: one
+    interval after the last due time sent, or now when none was sent or that is more
+    than an interval ago. A solar event: now, to the minute (beat finds it due within
+    seconds of the event; two beats agree unless a minute turns between them)."""
     if isinstance(entry_schedule, crontab):
         fire = last_fire(entry_schedule, now)
         if fire is not None:
             return fire
+    elif isinstance(getattr(entry_schedule, "clocked_time", None), datetime):
+        return entry_schedule.clocked_time
+    elif isinstance(entry_schedule, solar):
+        return now.replace(second=0, microsecond=0)
     elif isinstance(entry_schedule, schedule) and last_sent is not None:
         following = last_sent + entry_schedule.run_every
         if now + tolerance(entry_schedule) < following:

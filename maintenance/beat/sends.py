@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from celery.schedules import schedule
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 
 from maintenance import oneline
 from maintenance.beat import due
 from maintenance.models import TaskMessage
+from maintenance.outage import OUTAGE, OUTAGE_ERRORS
 
 logger = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6c3f3a52-8d0e-4b8f-9a59-2f1d3c5e7a10")
@@ -51,7 +52,7 @@ def decide(schedule_name: str, task: str, entry_schedule, now: datetime, beat: s
     """Record the due time `now` stands for and say whether to send it."""
     try:
         last = _last_sent(schedule_name)
-    except DatabaseError as error:
+    except OUTAGE_ERRORS as error:
         return _unrecorded(schedule_name, entry_schedule, now, error)
     due_at = due.due_time(entry_schedule, now, last.due_at if last else None)
     if due_at is None or (last is not None and last.due_at >= due_at):
@@ -70,7 +71,7 @@ def decide(schedule_name: str, task: str, entry_schedule, now: datetime, beat: s
     except IntegrityError:
         sent = TaskMessage.objects.filter(task_id=task_id).first()
         return _already(schedule_name, entry_schedule, now, sent)
-    except DatabaseError as error:
+    except OUTAGE_ERRORS as error:
         return _unrecorded(schedule_name, entry_schedule, now, error)
     return Decision(send=True, task_id=task_id, due_at=due_at)
 
@@ -88,7 +89,14 @@ def _already(schedule_name, entry_schedule, now, sent: TaskMessage | None) -> De
     return Decision(send=False, wait=wait)
 
 
+def unsent(decision: Decision) -> None:
+    """The broker did not take the message: forget the record, so the due time is sent
+    (by this beat's next try, or another beat) instead of counting as sent."""
+    TaskMessage.objects.filter(task_id=decision.task_id, run__isnull=True).delete()
+
+
 def _unrecorded(schedule_name, entry_schedule, now, error) -> Decision:
+    OUTAGE.failed(error)
     due_at = due.due_time(entry_schedule, now, None) or now
     logger.warning(
         "beat sends %r due at %s unrecorded: the database is unreachable (%s); "

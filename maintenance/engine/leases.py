@@ -207,11 +207,9 @@ _STARTED = Q(checkpoint__isnull=False) & (Q(partitions=1) | Q(attempts__gt=0))
 def _was_requeued(run: MaintenanceRun) -> bool:
     """Resumed, re-queued after a slice, or sent again: not a fresh trigger."""
     started = run.attempts > 0 if run.is_partitioned else bool(run.checkpoint)
-    return (
-        started
-        or run.resent_at is not None
-        or run.queued_at > run.created_at + timedelta(seconds=1)
-    )
+    # A message the sweeper sent again (resent_at) leaves a run that never started
+    # fresh: duplicates that waited long behind a slow run still coalesce.
+    return started or run.queued_at > run.created_at + timedelta(seconds=1)
 
 
 def _wait_or_skip(run: MaintenanceRun, holder: MaintenanceRun) -> None:

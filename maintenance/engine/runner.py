@@ -223,7 +223,12 @@ def with_retries(action):
             if attempt == attempts or connection.in_atomic_block:
                 raise
             delay = settings.MAINTENANCE_RETRY_BACKOFF * 2**attempt
-            logger.warning("database error (%s); retry %d in %.1fs", error, attempt + 1, delay)
+            logger.warning(
+                "database error (%s); retry %d in %.1fs",
+                oneline.first_line(error),
+                attempt + 1,
+                delay,
+            )
             connection.close()  # the next query reconnects
             time.sleep(delay)
 

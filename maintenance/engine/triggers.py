@@ -1,6 +1,8 @@
 """Turning a task delivery into a run: which run, started by whom."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from django.utils import timezone
 
 from maintenance.engine import messages
 from maintenance.engine.runner import INLINE, execute
@@ -20,6 +22,10 @@ Trigger = MaintenanceRun.Trigger
 # the CLI and the admin add maintenance_trigger.
 TRIGGER_HEADER = "maintenance_trigger"
 REQUESTED_BY_HEADER = "maintenance_requested_by"
+# A due time in a header counts within these bounds (a message kept through a long
+# outage, clocks a little apart); outside them the run counts from its creation.
+DUE_AT_OLDEST = timedelta(days=7)
+DUE_AT_SKEW = timedelta(minutes=5)
 
 
 def trigger_from(headers):
@@ -42,7 +48,8 @@ def _origin(headers, task_id) -> dict:
         # Beat runs what an admin last saved: name them on the run.
         "schedule_changed_by": last_changed_by(schedule) if trigger == Trigger.BEAT else "",
         "sent_by": _text(headers.get(SENT_BY_HEADER), 200),
-        "triggered_at": _moment(headers.get(DUE_AT_HEADER)),
+        # Only a schedule's message has a due time.
+        "triggered_at": _moment(headers.get(DUE_AT_HEADER)) if schedule else None,
     }
 
 
@@ -51,14 +58,21 @@ def _text(value, limit: int) -> str:
 
 
 def _moment(value) -> datetime | None:
-    """A header's ISO time, only if it is one with a zone; anything else is ignored."""
+    """A due time from a header: an ISO time with a zone, not in the future (beyond clock
+    skew) and not older than a message plausibly waits. Anything else is ignored, so a
+    forged header cannot make beat skip a schedule or coalesce a run into an old one."""
     if not isinstance(value, str) or len(value) > 64:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None and moment.utcoffset() is not None else None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return None
+    now = timezone.now()
+    if not now - DUE_AT_OLDEST <= moment <= now + DUE_AT_SKEW:
+        return None
+    return moment
 
 
 def _refusal(kwargs, args) -> str | None:
@@ -116,6 +130,8 @@ def run_from_task(
         run = _once(
             operation_name, task_id, origin, lambda: _new_run(operation_name, kwargs, origin)
         )
+        if _stale(run, task_id):
+            return run_summary(run)  # a late copy of a message the run has been sent anew
     if run.is_partitioned and send is not None:
         if run.status == MaintenanceRun.Status.QUEUED:
             send(run)  # one message per queued partition
