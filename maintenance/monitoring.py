@@ -411,8 +411,13 @@ def _listing(stuck: list[Stuck], total: int, since_text: str) -> str:
         else f"{s.label()}, no heartbeat or start recorded"
         for s in stuck[:STUCK_SHOWN]
     ]
+    return _joined(shown, total)
+
+
+def _joined(shown: list[str], total: int) -> str:
+    """One line of the first STUCK_SHOWN of `total` items, then how many more."""
     if total > len(shown):
-        shown.append(f"and {total - len(shown):,} more")
+        shown = [*shown, f"and {total - len(shown):,} more"]
     return "; ".join(shown)
 
 
@@ -526,10 +531,7 @@ def missed_due_check(now: datetime) -> Check:
 
 
 def _capped(found: list[tuple[datetime, str]]) -> str:
-    shown = [text for _, text in sorted(found)[:STUCK_SHOWN]]
-    if len(found) > len(shown):
-        shown.append(f"and {len(found) - len(shown):,} more")
-    return "; ".join(shown)
+    return _joined([text for _, text in sorted(found)[:STUCK_SHOWN]], len(found))
 
 
 def collect(period_hours, now=None):
