@@ -25,7 +25,7 @@ from maintenance.engine.interrupts import (
     sigint_deferred,
     sigint_held,
 )
-from maintenance.engine.runner import BatchReport
+from maintenance.engine.runner import BatchReport, execute
 from maintenance.models import MaintenanceRun
 from maintenance.oneline import describe, escape, first_line
 from maintenance.operations.base import BATCH_SIZE, DRY_RUN, PARTITIONS
@@ -293,6 +293,15 @@ class OneLineErrorsCommand(BaseCommand):
         if say:
             _say(f"CommandError: {escape(reason)}{ended}")
         sys.exit(code)
+
+
+def run_here(run: MaintenanceRun, progress: "Progress") -> MaintenanceRun:
+    """Execute `run` in this process, the last work of a command. Once it has ended, a
+    Ctrl-C can no longer change its outcome, only cut the report short (and turn a
+    succeeded run into exit 130): from here to the exit it is ignored."""
+    ended = execute(run, on_batch=progress.batch)
+    _done_with_ctrl_c()
+    return ended
 
 
 def _done_with_ctrl_c() -> None:

@@ -4,7 +4,6 @@ import json
 import os
 
 from maintenance import cli
-from maintenance.engine.runner import execute
 from maintenance.engine.runs import create_run
 from maintenance.models import MaintenanceRun
 from maintenance.operations import get
@@ -51,7 +50,7 @@ class Command(cli.OneLineErrorsCommand):
         self.own_runs.append(run.pk)
         progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
         try:
-            run = execute(run, on_batch=progress.batch)
+            run = cli.run_here(run, progress)
         finally:
             progress.close()
         self._report(run, options)

@@ -97,12 +97,10 @@ class Command(cli.OneLineErrorsCommand):
         if action != "resume":
             return getattr(control, action)(run)
         if options["inline"]:
-            from maintenance.engine.runner import execute
-
             control.resume(run, send=None)
             progress = cli.Progress(self.stdout, options["verbosity"], enabled=not options["json"])
             try:
-                return execute(run, on_batch=progress.batch)
+                return cli.run_here(run, progress)
             finally:
                 progress.close()
         from maintenance.engine.enqueue import BrokerUnavailable, send

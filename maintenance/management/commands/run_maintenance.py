@@ -106,7 +106,7 @@ class Command(cli.OneLineErrorsCommand):
             if ask:
                 return self._preview_then_apply(run, raw, origin, progress, options)
             if inline:
-                return execute(run, on_batch=progress.batch)
+                return cli.run_here(run, progress)
             if not options["wait"]:
                 return run
             if not options["json"]:
@@ -138,7 +138,7 @@ class Command(cli.OneLineErrorsCommand):
             return preview
         fix_run = create_run(run.operation, raw, **origin)
         self.own_runs.append(fix_run.pk)
-        return execute(fix_run, on_batch=progress.batch)
+        return cli.run_here(fix_run, progress)
 
     @staticmethod
     def _confirm(question):
