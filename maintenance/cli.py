@@ -230,6 +230,10 @@ class OneLineErrorsCommand(BaseCommand):
     def execute(self, *args, **options):
         self.verbosity = options.get("verbosity", 1)
         self.show_traceback = bool(options.get("traceback")) or self.verbosity >= 3
+        with _ctrl_c_given_back(to_the_caller=not self._called_from_command_line):
+            return self._execute(*args, **options)
+
+    def _execute(self, *args, **options):
         try:
             with console_logs(options.get("verbosity", 1)):
                 return super().execute(*args, **options)
@@ -302,6 +306,20 @@ def run_here(run: MaintenanceRun, progress: "Progress") -> MaintenanceRun:
     ended = execute(run, on_batch=progress.batch)
     _done_with_ctrl_c()
     return ended
+
+
+@contextlib.contextmanager
+def _ctrl_c_given_back(to_the_caller: bool):
+    """call_command(): the calling process goes on after the command, so the Ctrl-C the
+    command stopped listening to once its work was done (_done_with_ctrl_c) is its own
+    again. From the command line the process exits next: it stays ignored until then."""
+    own = threading.current_thread() is threading.main_thread() and to_the_caller
+    previous = signal.getsignal(signal.SIGINT) if own else None
+    try:
+        yield
+    finally:
+        if own and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _done_with_ctrl_c() -> None:

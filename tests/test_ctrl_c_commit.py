@@ -4,6 +4,7 @@ error it raises used to hide the KeyboardInterrupt: an inline run was recorded f
 ("can't change 'autocommit' now") instead of paused. Real SIGINTs, delivered at each
 commit of a run in turn, just before and just after it; SQLite and PostgreSQL."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -127,3 +128,46 @@ def test_a_ctrl_c_at_any_commit_pauses_the_run_or_lets_it_succeed(
     )
     changed = [pk for batch in RunBatch.objects.filter(run=run) for pk in batch.changed_ids]
     assert sorted(changed) == sorted(eligible)  # each exactly once
+
+
+# --- call_command(): the caller's Ctrl-C is its own again afterwards ---------------------
+
+
+def _paused_run() -> MaintenanceRun:
+    factories.scene(name="old")
+    run = create_run("archive_old_scenes", {}, trigger="manual")
+    MaintenanceRun.objects.filter(pk=run.pk).pause()
+    return run
+
+
+COMMANDS = {
+    "an inline run": lambda: ("run_maintenance", "archive_old_scenes", "--inline"),
+    "an inline --fix": lambda: (
+        "run_maintenance",
+        "validate_data_integrity",
+        "--fix",
+        "--no-input",
+    ),
+    "a resume --inline": lambda: ("maintenance_run", "resume", str(_paused_run().pk), "--inline"),
+    "an import": lambda: ("import_characters", "/nonexistent/characters.json"),
+    "a usage error": lambda: ("run_maintenance", "archive_old_scenes", "--batch-size", "x"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_command_called_in_process_gives_the_callers_ctrl_c_back(command):
+    """A command stops listening to Ctrl-C once its run has ended, so that a late Ctrl-C
+    cannot turn a succeeded run into exit 130. Called through call_command() (the
+    caller's process goes on), it must hand SIGINT back as it found it: it used to leave
+    it ignored for the rest of the process, and every later Ctrl-C went nowhere."""
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    before = signal.getsignal(signal.SIGINT)
+    with contextlib.suppress(CommandError, SystemExit):
+        call_command(*COMMANDS[command](), stdout=StringIO(), stderr=StringIO())
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        threading.Event().wait(1)  # the handler runs at the next bytecode boundary
