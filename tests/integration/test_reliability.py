@@ -21,8 +21,8 @@ from chronicles.models import Post, Scene, scene_activity_time
 from maintenance.engine.enqueue import start
 from maintenance.models import MaintenanceRun, RunBatch
 from maintenance.tasks import OPERATION_TASKS
+from tests.integration.clusters import as_the_test_database, own_cluster
 from tests.integration.conftest import LEASE, start_worker
-from tests.services import ROOT
 
 BATCH = 200
 Status = MaintenanceRun.Status
@@ -297,43 +297,24 @@ def test_posts_written_during_the_archive_keep_their_scenes(fresh, tmp_path, wor
             Scene.objects.filter(pk=pk).update(last_activity_at=original_activity[pk])
 
 
-# --- 4. PostgreSQL restarted during a run ---------------------------------------------
+# --- 4. PostgreSQL restarted during a run (a cluster of the test's own) ------------
 
 
-def _postgres_cluster():
-    import shutil
-    from pathlib import Path
-
-    if shutil.which("pg_ctlcluster") is None or connection.settings_dict["HOST"] not in (
-        "127.0.0.1",
-        "localhost",
-        "",
-    ):
-        pytest.skip("needs the local PostgreSQL cluster (pg_ctlcluster)")
-    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
-    return versions[-1]
+@pytest.fixture
+def restartable(real_services):
+    """The test's data on a PostgreSQL cluster of its own, which it may stop and restart
+    without disturbing anyone else; requested before `fresh`, which fills it."""
+    with own_cluster("tgrestart", "restart") as cluster, as_the_test_database(cluster):
+        yield cluster
 
 
-def _pg(action, version):
-    import subprocess
-
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=True,
-        capture_output=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-
-
-def test_a_postgres_restart_during_a_run_is_retried(fresh, tmp_path, worker_env):
-    version = _postgres_cluster()
+def test_a_postgres_restart_during_a_run_is_retried(restartable, fresh, tmp_path, worker_env):
     worker = start_worker(tmp_path, **worker_env)
     try:
         run = enqueue_archive(batch_size=100)
         wait_for(lambda: RunBatch.objects.filter(run=run).count() >= 20)
         connection.close()
-        _pg("restart", version)
+        restartable.ctl("restart")
         run = wait_for(finished(run))
     finally:
         connection.close()
@@ -345,18 +326,17 @@ def test_a_postgres_restart_during_a_run_is_retried(fresh, tmp_path, worker_env)
 
 
 def test_postgres_down_longer_than_the_retries_then_the_next_trigger_resumes(
-    fresh, tmp_path, worker_env
+    restartable, fresh, tmp_path, worker_env
 ):
-    version = _postgres_cluster()
     env = {**worker_env, "MAINTENANCE_DB_RETRIES": "1", "MAINTENANCE_RETRY_BACKOFF": "0.2"}
     worker = start_worker(tmp_path, **env)
     try:
         first = enqueue_archive(batch_size=100)
         wait_for(lambda: RunBatch.objects.filter(run=first).count() >= 10)
         connection.close()
-        _pg("stop", version)
+        restartable.ctl("stop")
         time.sleep(4)
-        _pg("start", version)
+        restartable.ctl("start")
         connection.close()
         time.sleep(LEASE + 0.5)
         enqueue_archive(batch_size=100)
