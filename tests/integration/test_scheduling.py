@@ -9,9 +9,7 @@
 """
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from maintenance.engine.enqueue import start
 from maintenance.models import MaintenanceRun, TaskMessage
 from tests import factories
+from tests.integration.clusters import own_cluster
 from tests.integration.conftest import empty_test_broker, start_worker
 from tests.services import ROOT, CeleryProcess
 
@@ -58,6 +57,7 @@ def _stop(*processes: CeleryProcess) -> None:
             process.stop()
 
 
+@pytest.mark.scenario
 def test_two_beats_for_five_minutes_make_one_run_per_due_minute(tmp_path):
     empty_test_broker()
     factories.scene()
@@ -162,56 +162,12 @@ def test_ten_duplicate_triggers_with_one_worker_process_make_one_run(tmp_path):
 
 # --- the database stopped for 90 s ---
 
-CLUSTER = "tgoutage"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _cluster(*args: str) -> None:
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", "15", CLUSTER, *args],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
 
 @pytest.fixture
-def own_database():
+def outage_cluster():
     """A PostgreSQL cluster of this test's own, migrated: stopping it disturbs nobody."""
-    if shutil.which("pg_createcluster") is None or os.geteuid() != 0:
-        message = "stopping a database of its own needs root and pg_createcluster"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    port = _free_port()
-    subprocess.run(["pg_dropcluster", "--stop", "15", CLUSTER], capture_output=True)
-    subprocess.run(
-        ["pg_createcluster", "15", CLUSTER, "--port", str(port), "--start", "--", "--auth=trust"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    try:
-        server = f"postgres://postgres@127.0.0.1:{port}"
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
-            db.execute("CREATE DATABASE outage")
-        url = f"{server}/outage"
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": url},
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        yield url
-    finally:
-        subprocess.run(["pg_dropcluster", "--stop", "15", CLUSTER], capture_output=True)
+    with own_cluster("tgoutage", "outage") as cluster:
+        yield cluster
 
 
 SCHEDULE = """
@@ -233,9 +189,11 @@ def _runs_of(url: str, since: datetime) -> list[tuple]:
         ).fetchall()
 
 
+@pytest.mark.scenario
 def test_a_job_sent_while_the_database_is_down_is_a_recorded_run_afterwards(
-    own_database, tmp_path, real_services
+    outage_cluster, tmp_path, real_services
 ):
+    database = outage_cluster.url
     empty_test_broker()
     # One due time, far enough ahead to start a worker and beat, in the middle of a 90 s
     # outage: the database stops 55 s before it and starts again 35 s after.
@@ -251,12 +209,12 @@ def test_a_job_sent_while_the_database_is_down_is_a_recorded_run_afterwards(
             SCHEDULE.format(minute=due.minute, hour=due.hour),
         ],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": own_database},
+        env={**os.environ, "DATABASE_URL": database},
         check=True,
         capture_output=True,
         timeout=120,
     )
-    env = {"DATABASE_URL": own_database, "LOG_LEVEL": "INFO"}
+    env = {"DATABASE_URL": database, "LOG_LEVEL": "INFO"}
     worker = start_worker(tmp_path / "worker", CELERY_WORKER_CONCURRENCY="1", **env)
     # Its hold outlasts the outage, so it goes on sending while nobody can take over.
     beat = _beat(tmp_path / "beat", MAINTENANCE_BEAT_LEASE_SECONDS="300", **env)
@@ -264,17 +222,17 @@ def test_a_job_sent_while_the_database_is_down_is_a_recorded_run_afterwards(
         beat.wait_for_log("leads", timeout=60)
         _sleep_until(due.timestamp() - 55)
         worker_mark, beat_mark = worker.mark(), beat.mark()
-        _cluster("stop", "-m", "fast")
+        outage_cluster.ctl("stop", "-m", "fast")
         beat.wait_for_log("Sending due task xp during outage", timeout=70, since=beat_mark)
         _sleep_until(due.timestamp() + 35)
-        _cluster("start")
+        outage_cluster.ctl("start")
         deadline = time.monotonic() + 120
         runs = []
         while time.monotonic() < deadline and not runs:
-            runs = [run for run in _runs_of(own_database, due) if run[0] == Status.SUCCEEDED]
+            runs = [run for run in _runs_of(database, due) if run[0] == Status.SUCCEEDED]
             time.sleep(1)
         assert runs, worker.log()[-4000:]
-        [(status, trigger, sent_by, triggered_at)] = _runs_of(own_database, due)
+        [(status, trigger, sent_by, triggered_at)] = _runs_of(database, due)
         assert (status, trigger, triggered_at) == (Status.SUCCEEDED, "beat", due)
         assert sent_by and sent_by in beat.log() and beat.process.poll() is None
         # The outage in the logs: one line per retry, one traceback at the end.
