@@ -39,17 +39,21 @@ if reason=$(.venv/bin/python scripts/check_services.py 2>&1); then
     # their own (tests/integration/clusters.py), so the two never disturb each other.
     scenarios_log="$PWD/var/scenarios.log"
     mkdir -p var
+    # Job control on while it starts: a background job of a script would ignore SIGINT,
+    # and the traps below stop it with one (pytest then stops its celery processes).
+    set -m
     DATABASE_URL="$TEST_SCENARIO_DATABASE_URL" CELERY_BROKER_URL="$TEST_SCENARIO_BROKER_URL" \
         REQUIRE_SERVICES=1 "${PYTEST[@]}" -m scenario -p no:cacheprovider \
         --basetemp="$PWD/var/pytest-scenarios" "$@" >"$scenarios_log" 2>&1 &
     scenarios_pid=$!
-    trap 'kill -INT "$scenarios_pid" 2>/dev/null' EXIT  # make test stopped: so are they
+    set +m
+    trap 'kill -INT "$scenarios_pid" 2>/dev/null' INT TERM EXIT  # make test stopped: so are they
     DATABASE_URL="$TEST_DATABASE_URL" CELERY_BROKER_URL="$TEST_BROKER_URL" REQUIRE_SERVICES=1 \
         "${PYTEST[@]}" -m "not scenario" --durations=10 "$@"
     integration_status=$?
     wait "$scenarios_pid"
     scenarios_status=$?
-    trap - EXIT
+    trap - INT TERM EXIT
     echo
     echo "== the long scenarios, run beside it (DATABASE_URL=$TEST_SCENARIO_DATABASE_URL," \
         "CELERY_BROKER_URL=$TEST_SCENARIO_BROKER_URL) =="
